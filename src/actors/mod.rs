@@ -1,0 +1,1 @@
+//! Session actors and the supervised inference pool.
