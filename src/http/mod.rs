@@ -1,1 +1,5 @@
 //! The HTTP server.
+
+pub mod metrics;
+
+pub use metrics::Metrics;

@@ -1,0 +1,194 @@
+//! Prometheus metrics of the server, served as text at `/metrics`.
+//!
+//! One [`Metrics`] value is created at start-up and cloned into every part
+//! that counts something (sessions, pool, workers, auth); the clones share the
+//! same registry, so a scrape sees everything.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the server exports. Cheap to clone (the collectors are `Arc`s
+/// inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// WebSocket sessions currently open.
+    pub sessions_active: IntGauge,
+    /// Frames by `outcome`: `received`, `processed`, `error`.
+    pub frames_total: IntCounterVec,
+    /// Frames dropped by `reason`: `stale`, `fps`, `overload`, `expired`, `lost`.
+    pub drops_total: IntCounterVec,
+    /// Jobs waiting in the inference pool's queue.
+    pub queue_depth: IntGauge,
+    /// Wall time of one Holistic forward pass (decode excluded), seconds.
+    pub inference_seconds: Histogram,
+    /// Inference workers replaced, by `reason`: `panic`, `stall`.
+    pub worker_restarts_total: IntCounterVec,
+    /// WebSocket protocol errors sent to clients, by `code` (`bad_frame`, ...).
+    pub ws_errors_total: IntCounterVec,
+    /// Login attempts by `outcome`: `ok`, `wrong_password`, `rate_limited`,
+    /// `unavailable` (session store could not be written).
+    pub logins_total: IntCounterVec,
+    /// Sessions revoked through `/auth/logout`.
+    pub logouts_total: IntCounter,
+    /// Session store round trips to Redis that failed (timeout, connection).
+    pub store_redis_errors_total: IntCounter,
+    /// Sessions currently held in the local session map.
+    pub store_sessions: IntGauge,
+}
+
+impl Metrics {
+    /// Creates the collectors and registers them in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("holistream".into()), None)
+            // unwrap: the prefix is a constant valid metric name.
+            .unwrap();
+
+        // Registration fails only on duplicate names or invalid options, both
+        // constants here: a panic at start-up is the right signal for that bug.
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("metric registration");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric options"),
+            )
+        };
+
+        let sessions_active = reg(
+            &registry,
+            IntGauge::new("sessions_active", "WebSocket sessions currently open")
+                .expect("metric options"),
+        );
+        let frames_total = counter_vec("frames_total", "Frames by outcome", "outcome");
+        let drops_total = counter_vec("drops_total", "Frames dropped, by reason", "reason");
+        let queue_depth = reg(
+            &registry,
+            IntGauge::new("queue_depth", "Jobs waiting in the inference pool queue")
+                .expect("metric options"),
+        );
+        let inference_seconds = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("inference_seconds", "Holistic forward pass time, seconds")
+                    .buckets(vec![
+                        0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+            )
+            .expect("metric options"),
+        );
+        let worker_restarts_total = counter_vec(
+            "worker_restarts_total",
+            "Inference workers replaced, by reason",
+            "reason",
+        );
+        let ws_errors_total = counter_vec(
+            "ws_errors_total",
+            "Error messages sent to WebSocket clients, by code",
+            "code",
+        );
+        let logins_total = counter_vec("logins_total", "Login attempts by outcome", "outcome");
+        let logouts_total = reg(
+            &registry,
+            IntCounter::new("logouts_total", "Sessions revoked by logout").expect("metric options"),
+        );
+        let store_redis_errors_total = reg(
+            &registry,
+            IntCounter::new(
+                "store_redis_errors_total",
+                "Failed session store round trips to Redis",
+            )
+            .expect("metric options"),
+        );
+        let store_sessions = reg(
+            &registry,
+            IntGauge::new("store_sessions", "Sessions held in the local session map")
+                .expect("metric options"),
+        );
+
+        // Touch the label values we know, so a scrape shows zeros instead of
+        // missing series before the first event.
+        for outcome in ["received", "processed", "error"] {
+            frames_total.with_label_values(&[outcome]);
+        }
+        for reason in ["stale", "fps", "overload", "expired", "lost"] {
+            drops_total.with_label_values(&[reason]);
+        }
+        for reason in ["panic", "stall"] {
+            worker_restarts_total.with_label_values(&[reason]);
+        }
+        for outcome in ["ok", "wrong_password", "rate_limited", "unavailable"] {
+            logins_total.with_label_values(&[outcome]);
+        }
+
+        Metrics {
+            registry,
+            sessions_active,
+            frames_total,
+            drops_total,
+            queue_depth,
+            inference_seconds,
+            worker_restarts_total,
+            ws_errors_total,
+            logins_total,
+            logouts_total,
+            store_redis_errors_total,
+            store_sessions,
+        }
+    }
+
+    /// The registry, for collectors registered elsewhere.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// All metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // unwrap: the text encoder only fails on writer errors, and a Vec
+        // never fails to write.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .unwrap();
+        // unwrap: the text encoder writes UTF-8 only.
+        String::from_utf8(out).unwrap()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_counted_events_with_labels() {
+        let m = Metrics::new();
+        m.drops_total.with_label_values(&["stale"]).inc_by(3);
+        m.worker_restarts_total.with_label_values(&["panic"]).inc();
+        m.sessions_active.set(2);
+        m.inference_seconds.observe(0.03);
+        let text = m.render();
+        assert!(text.contains("holistream_drops_total{reason=\"stale\"} 3"), "{text}");
+        assert!(text.contains("holistream_drops_total{reason=\"fps\"} 0"), "{text}");
+        assert!(text.contains("holistream_worker_restarts_total{reason=\"panic\"} 1"), "{text}");
+        assert!(text.contains("holistream_sessions_active 2"), "{text}");
+        assert!(text.contains("holistream_inference_seconds_count 1"), "{text}");
+    }
+
+    #[test]
+    fn clones_share_the_registry() {
+        let a = Metrics::new();
+        let b = a.clone();
+        b.frames_total.with_label_values(&["processed"]).inc();
+        assert!(a.render().contains("holistream_frames_total{outcome=\"processed\"} 1"));
+    }
+}
