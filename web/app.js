@@ -1,0 +1,659 @@
+// The web demo: the login page and the stream page (see data-page on <body>).
+//
+// Stream page, in order: check the session, open the camera, connect the
+// WebSocket, then a pump sends frames at the chosen rate while at most
+// MAX_IN_FLIGHT frames are unanswered, so a slow server never builds a queue
+// in the browser. Every sent frame is kept (as an ImageBitmap) in a short ring
+// keyed by seq; a result is drawn over the frame whose seq it carries.
+//
+// The page's state is exposed as `window.holistream` for the end-to-end test
+// and for anyone curious in the devtools console.
+
+import { encodeFrame, configMessage, parseServerMessage, ProtocolError } from './protocol.js';
+import { drawFrame, drawResult, clearResult } from './overlay.js';
+import { RateMeter, SampleWindow, drawSparkline } from './hud.js';
+
+/** Frames sent and not yet answered (result or error) before the pump waits. */
+const MAX_IN_FLIGHT = 1;
+/**
+ * A frame unanswered this long is given up (and counted as "unanswered"), so a
+ * frame the server dropped without a word cannot stall the stream for good.
+ */
+const ANSWER_TIMEOUT_MS = 5000;
+/** Sent frames kept to draw results on; more than MAX_IN_FLIGHT covers late answers. */
+const FRAME_RING_SIZE = 8;
+/** Reconnect backoff: first delay, growth factor, ceiling. */
+const BACKOFF_START_MS = 500;
+const BACKOFF_FACTOR = 2;
+const BACKOFF_MAX_MS = 10000;
+/** After this many failed connects in a row, check whether the session is still valid. */
+const FAILURES_BEFORE_AUTH_CHECK = 2;
+/** Window of the HUD's rates, latency percentiles and server timing means. */
+const RATE_WINDOW_MS = 2000;
+const LATENCY_WINDOW_MS = 5000;
+const SPARKLINE_WINDOW_MS = 20000;
+/** Errors listed on the page (older ones stay counted). */
+const ERROR_LOG_LENGTH = 8;
+
+const LOGIN_PAGE = '/';
+const STREAM_PAGE = '/stream.html';
+
+const $ = (id) => {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`page is missing #${id}`);
+  return el;
+};
+
+/** GET /auth/code: true with a valid session, false without; throws when the server can't be asked. */
+async function hasSession() {
+  const resp = await fetch('/auth/code', { credentials: 'same-origin', cache: 'no-store' });
+  if (resp.ok) return true;
+  if (resp.status === 401) return false;
+  throw new Error(`session check failed: HTTP ${resp.status}`);
+}
+
+/** The server's `{"error": ...}` message of a failed response, or its status line. */
+async function serverErrorText(resp) {
+  try {
+    const body = await resp.json();
+    if (body && typeof body.error === 'string') return body.error;
+  } catch {
+    // Not JSON: fall through to the status line, which is still the server's answer.
+  }
+  return `HTTP ${resp.status} ${resp.statusText}`.trim();
+}
+
+// ---------------------------------------------------------------- login page
+
+async function initLogin() {
+  const form = $('login-form');
+  const input = $('code');
+  const submit = $('login-submit');
+  const errorText = $('login-error');
+  const note = $('login-note');
+  const showError = (text) => {
+    errorText.textContent = text;
+    errorText.hidden = false;
+  };
+
+  const reason = new URLSearchParams(location.search).get('reason');
+  if (reason === 'expired') {
+    note.textContent = 'Your session has ended; please enter the password again.';
+    note.hidden = false;
+  } else if (reason === 'logout') {
+    note.textContent = 'Logged out.';
+    note.hidden = false;
+  }
+
+  try {
+    if (await hasSession()) {
+      location.replace(STREAM_PAGE);
+      return;
+    }
+  } catch (e) {
+    showError(`Cannot reach the server: ${e.message}`);
+  }
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    errorText.hidden = true;
+    submit.disabled = true;
+    try {
+      const resp = await fetch('/auth/code', {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ code: input.value }),
+      });
+      if (resp.ok) {
+        location.replace(STREAM_PAGE);
+        return;
+      }
+      let text = await serverErrorText(resp);
+      const retry = resp.headers.get('Retry-After');
+      if (resp.status === 429 && retry) text += ` (try again in ${retry} s)`;
+      showError(text);
+      input.select();
+    } catch (e) {
+      showError(`Cannot reach the server: ${e.message}`);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}
+
+// --------------------------------------------------------------- stream page
+
+/** What the page knows, in one place; `window.holistream` points here. */
+function newState() {
+  return {
+    connection: 'idle',
+    camera: 'starting',
+    paused: false,
+    stats: {
+      sent: 0,
+      results: 0,
+      serverErrors: 0,
+      unanswered: 0,
+      lostOnDisconnect: 0,
+      missingFrame: 0,
+      reconnects: 0,
+      pageErrors: 0,
+      sentFps: 0,
+      resultFps: 0,
+      latencyP50: null,
+      latencyP95: null,
+      inFlight: 0,
+    },
+    /** The server's `hello` on the current connection. */
+    session: null,
+    /** The server's last `stats` message. */
+    serverStats: null,
+    /** Summary of the last result: seq, latency and landmark counts per part. */
+    lastResult: null,
+    /** seq of the last result drawn on the canvas. */
+    drawnSeq: null,
+    /** Errors shown on the page, newest first: {time, source, text}. */
+    errors: [],
+  };
+}
+
+async function initStream() {
+  const state = newState();
+  window.holistream = state;
+
+  const ui = {
+    connState: $('conn-state'),
+    stageMessage: $('stage-message'),
+    cameraError: $('camera-error'),
+    video: $('camera'),
+    frameCtx: $('frame').getContext('2d'),
+    overlayCtx: $('overlay').getContext('2d'),
+    sparkline: $('sparkline'),
+    fps: $('fps'),
+    quality: $('quality'),
+    mirror: $('mirror'),
+    pause: $('pause'),
+    parts: { pose: $('part-pose'), face: $('part-face'), hands: $('part-hands') },
+    errorLog: $('error-log'),
+    errorCount: $('error-count'),
+  };
+
+  const reportError = (source, text) => {
+    state.errors.unshift({ time: new Date(), source, text });
+    if (state.errors.length > ERROR_LOG_LENGTH) state.errors.length = ERROR_LOG_LENGTH;
+    state.stats.pageErrors += 1;
+    ui.errorCount.textContent = String(state.stats.pageErrors);
+    ui.errorLog.replaceChildren(...state.errors.map((e) => {
+      const li = document.createElement('li');
+      li.textContent = `${e.time.toLocaleTimeString()} [${e.source}] ${e.text}`;
+      return li;
+    }));
+    console.error(`[${source}] ${text}`);
+  };
+  window.addEventListener('error', (e) => reportError('page', e.message));
+  window.addEventListener('unhandledrejection', (e) => reportError('page', String(e.reason?.message ?? e.reason)));
+
+  $('logout').addEventListener('click', async () => {
+    try {
+      const resp = await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin' });
+      if (!resp.ok) {
+        reportError('auth', `logout failed: ${await serverErrorText(resp)}`);
+        return;
+      }
+      location.replace(`${LOGIN_PAGE}?reason=logout`);
+    } catch (e) {
+      reportError('auth', `logout failed: ${e.message}`);
+    }
+  });
+
+  // The page is only for signed-in visitors: without a session, off to the login page.
+  try {
+    if (!(await hasSession())) {
+      location.replace(LOGIN_PAGE);
+      return;
+    }
+  } catch (e) {
+    reportError('auth', `${e.message}; streaming anyway, the WebSocket will tell`);
+  }
+
+  const settings = {
+    fps: Number(ui.fps.value),
+    quality: Number(ui.quality.value) / 100,
+    mirror: ui.mirror.checked,
+    parts: { pose: ui.parts.pose.checked, face: ui.parts.face.checked, hands: ui.parts.hands.checked },
+  };
+
+  // ---- measurements
+  const sentRate = new RateMeter(RATE_WINDOW_MS);
+  const resultRate = new RateMeter(RATE_WINDOW_MS);
+  const latency = new SampleWindow(LATENCY_WINDOW_MS);
+  const latencyTrace = new SampleWindow(SPARKLINE_WINDOW_MS);
+  const serverTimings = {
+    queue_ms: new SampleWindow(LATENCY_WINDOW_MS),
+    decode_ms: new SampleWindow(LATENCY_WINDOW_MS),
+    infer_ms: new SampleWindow(LATENCY_WINDOW_MS),
+    serialize_ms: new SampleWindow(LATENCY_WINDOW_MS),
+    total_ms: new SampleWindow(LATENCY_WINDOW_MS),
+  };
+
+  // ---- frames: the ring of sent frames and those awaiting an answer
+  /** @type {Map<number, {bitmap: ImageBitmap, sentAt: number}>} in insertion (= seq) order */
+  const ring = new Map();
+  /** @type {Map<number, number>} seq → performance.now() when sent */
+  const inFlight = new Map();
+  let nextSeq = 0;
+  let capturing = false;
+  let nextDue = 0;
+  let pumpTimer = null;
+
+  const remember = (seq, bitmap) => {
+    ring.set(seq, { bitmap, sentAt: performance.now() });
+    while (ring.size > FRAME_RING_SIZE) {
+      const [oldest, entry] = ring.entries().next().value;
+      entry.bitmap.close();
+      ring.delete(oldest);
+    }
+  };
+
+  // ---- connection
+  let ws = null;
+  let failures = 0;
+  let reconnectTimer = null;
+  let everOpened = false;
+
+  const setConnection = (name, text) => {
+    state.connection = name;
+    ui.connState.dataset.state = name;
+    ui.connState.textContent = text;
+  };
+
+  const sendConfig = () => {
+    if (ws?.readyState === WebSocket.OPEN) ws.send(configMessage(settings.fps, settings.parts));
+  };
+
+  const scheduleReconnect = async () => {
+    failures += 1;
+    if (failures >= FAILURES_BEFORE_AUTH_CHECK) {
+      // A WebSocket refused for a missing session looks like any failed
+      // connect from here; ask the auth endpoint which one it is.
+      try {
+        if (!(await hasSession())) {
+          location.replace(`${LOGIN_PAGE}?reason=expired`);
+          return;
+        }
+      } catch {
+        // Server unreachable (e.g. restarting): keep backing off.
+      }
+    }
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * BACKOFF_FACTOR ** (failures - 1));
+    const delay = Math.round(base * (0.8 + 0.4 * Math.random()));
+    setConnection('reconnecting', `disconnected · retry in ${(delay / 1000).toFixed(1)} s (attempt ${failures})`);
+    reconnectTimer = setTimeout(connect, delay);
+  };
+
+  function connect() {
+    reconnectTimer = null;
+    setConnection('connecting', everOpened ? 'reconnecting…' : 'connecting…');
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+    socket.binaryType = 'arraybuffer';
+    ws = socket;
+
+    socket.addEventListener('open', () => {
+      if (everOpened) state.stats.reconnects += 1;
+      everOpened = true;
+      failures = 0;
+      setConnection('open', 'connected');
+      sendConfig();
+      pump();
+    });
+    socket.addEventListener('message', (event) => {
+      if (typeof event.data !== 'string') {
+        reportError('protocol', 'server sent a binary message; expected JSON text');
+        return;
+      }
+      let msg;
+      try {
+        msg = parseServerMessage(event.data);
+      } catch (e) {
+        reportError('protocol', e instanceof ProtocolError ? e.message : String(e));
+        return;
+      }
+      if (msg.type === 'result') onResult(msg);
+      else if (msg.type === 'error') onServerError(msg);
+      else if (msg.type === 'hello') onHello(msg);
+      else onServerStats(msg);
+    });
+    socket.addEventListener('close', (event) => {
+      if (ws !== socket) return;
+      ws = null;
+      // Frames in flight on a closed socket will never be answered.
+      state.stats.lostOnDisconnect += inFlight.size;
+      inFlight.clear();
+      if (event.wasClean === false || event.code !== 1000) {
+        const why = event.reason ? `: ${event.reason}` : '';
+        reportError('connection', `WebSocket closed (code ${event.code}${why})`);
+      }
+      scheduleReconnect();
+    });
+    // An 'error' event is always followed by 'close', which reports and reconnects.
+  }
+
+  // ---- server messages
+
+  function answered(seq) {
+    if (!inFlight.delete(seq)) return false;
+    return true;
+  }
+
+  function onResult(msg) {
+    const now = performance.now();
+    answered(msg.seq);
+    state.stats.results += 1;
+    resultRate.mark(now);
+    const ms = performance.timeOrigin + now - msg.capture_ts;
+    latency.add(now, ms);
+    latencyTrace.add(now, ms);
+    const t = msg.timings ?? {};
+    for (const [name, window] of Object.entries(serverTimings)) {
+      if (typeof t[name] === 'number') window.add(now, t[name]);
+    }
+    state.lastResult = {
+      seq: msg.seq,
+      latencyMs: ms,
+      counts: {
+        pose: msg.pose.length,
+        face: msg.face.length,
+        left_hand: msg.left_hand.length,
+        right_hand: msg.right_hand.length,
+      },
+      timings: t,
+    };
+    // A late answer to an older frame must not replace a newer picture.
+    if (state.drawnSeq !== null && msg.seq < state.drawnSeq) {
+      pump();
+      return;
+    }
+    const frame = ring.get(msg.seq);
+    if (frame) {
+      drawFrame(ui.frameCtx, frame.bitmap, settings.mirror);
+      const overlay = ui.overlayCtx.canvas;
+      if (overlay.width !== frame.bitmap.width || overlay.height !== frame.bitmap.height) {
+        overlay.width = frame.bitmap.width;
+        overlay.height = frame.bitmap.height;
+      }
+      drawResult(ui.overlayCtx, msg, settings.mirror);
+      state.drawnSeq = msg.seq;
+      ui.stageMessage.hidden = true;
+    } else {
+      state.stats.missingFrame += 1;
+      reportError('overlay', `result ${msg.seq} is for a frame no longer kept; not drawn`);
+    }
+    pump();
+  }
+
+  function onServerError(msg) {
+    if (Number.isInteger(msg.seq)) answered(msg.seq);
+    state.stats.serverErrors += 1;
+    const seq = Number.isInteger(msg.seq) ? ` (frame ${msg.seq})` : '';
+    reportError('server', `${msg.code}: ${msg.message}${seq}`);
+    pump();
+  }
+
+  function onHello(msg) {
+    state.session = msg;
+    // The slider offers what this server allows; a cap above it would be refused.
+    const maxFps = msg.config.max_fps;
+    if (Number.isInteger(maxFps) && maxFps > 0) {
+      ui.fps.max = String(maxFps);
+      if (settings.fps > maxFps) {
+        settings.fps = maxFps;
+        ui.fps.value = String(maxFps);
+        fpsValue.textContent = ui.fps.value;
+        sendConfig();
+      }
+    }
+  }
+
+  function onServerStats(msg) {
+    state.serverStats = msg;
+  }
+
+  // ---- the pump: capture and send when due and a slot is free
+
+  function giveUpOnSilentFrames(now) {
+    for (const [seq, sentAt] of inFlight) {
+      if (now - sentAt > ANSWER_TIMEOUT_MS) {
+        inFlight.delete(seq);
+        state.stats.unanswered += 1;
+        reportError('server', `no answer to frame ${seq} within ${ANSWER_TIMEOUT_MS / 1000} s`);
+      }
+    }
+  }
+
+  function pump() {
+    if (pumpTimer !== null) {
+      clearTimeout(pumpTimer);
+      pumpTimer = null;
+    }
+    const now = performance.now();
+    giveUpOnSilentFrames(now);
+    const video = ui.video;
+    const ready = !state.paused && ws?.readyState === WebSocket.OPEN
+      && state.camera === 'live' && video.readyState >= 2 && video.videoWidth > 0;
+    // Not ready, busy, or no free slot: a result, the socket opening or the
+    // HUD tick calls pump again.
+    if (!ready || capturing || inFlight.size >= MAX_IN_FLIGHT) return;
+    if (now < nextDue) {
+      pumpTimer = setTimeout(pump, nextDue - now);
+      return;
+    }
+    nextDue = Math.max(nextDue + 1000 / settings.fps, now);
+    captureAndSend(video).catch((e) => reportError('capture', e.message ?? String(e)));
+  }
+
+  async function captureAndSend(video) {
+    capturing = true;
+    try {
+      const captureTs = performance.timeOrigin + performance.now();
+      // The bitmap is both what gets encoded and what the result is drawn on.
+      const bitmap = await createImageBitmap(video);
+      const canvas = captureCanvas(bitmap.width, bitmap.height);
+      canvas.getContext('2d').drawImage(bitmap, 0, 0);
+      const blob = await encodeJpeg(canvas, settings.quality);
+      const jpeg = await blob.arrayBuffer();
+      const socket = ws;
+      if (socket?.readyState !== WebSocket.OPEN) {
+        bitmap.close();
+        return;
+      }
+      const seq = nextSeq;
+      nextSeq = (nextSeq + 1) >>> 0;
+      remember(seq, bitmap);
+      inFlight.set(seq, performance.now());
+      socket.send(encodeFrame(seq, captureTs, jpeg));
+      state.stats.sent += 1;
+      sentRate.mark(performance.now());
+    } finally {
+      capturing = false;
+    }
+    pump();
+  }
+
+  let scratch = null;
+  function captureCanvas(w, h) {
+    if (!scratch) scratch = document.createElement('canvas');
+    if (scratch.width !== w || scratch.height !== h) {
+      scratch.width = w;
+      scratch.height = h;
+    }
+    return scratch;
+  }
+
+  function encodeJpeg(canvas, quality) {
+    return new Promise((resolve, reject) => {
+      canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error('JPEG encoding failed'))), 'image/jpeg', quality);
+    });
+  }
+
+  // ---- controls
+
+  const fpsValue = $('fps-value');
+  const qualityValue = $('quality-value');
+  ui.fps.addEventListener('input', () => {
+    settings.fps = Number(ui.fps.value);
+    fpsValue.textContent = ui.fps.value;
+    nextDue = performance.now();
+  });
+  ui.fps.addEventListener('change', sendConfig);
+  ui.quality.addEventListener('input', () => {
+    settings.quality = Number(ui.quality.value) / 100;
+    qualityValue.textContent = ui.quality.value;
+  });
+  for (const [part, box] of Object.entries(ui.parts)) {
+    box.addEventListener('change', () => {
+      settings.parts[part] = box.checked;
+      sendConfig();
+    });
+  }
+  ui.mirror.addEventListener('change', () => {
+    settings.mirror = ui.mirror.checked;
+    ui.video.classList.toggle('unmirrored', !settings.mirror);
+    // The picture on screen was drawn with the old setting; clear it rather than show it wrong.
+    clearResult(ui.overlayCtx);
+    clearResult(ui.frameCtx);
+    state.drawnSeq = null;
+  });
+  ui.pause.addEventListener('click', () => {
+    state.paused = !state.paused;
+    ui.pause.textContent = state.paused ? 'Resume' : 'Pause';
+    pump();
+  });
+
+  // ---- HUD
+
+  const hud = {
+    sentFps: $('hud-sent-fps'),
+    resultFps: $('hud-result-fps'),
+    p50: $('hud-p50'),
+    p95: $('hud-p95'),
+    queue: $('hud-queue'),
+    decode: $('hud-decode'),
+    infer: $('hud-infer'),
+    serialize: $('hud-serialize'),
+    total: $('hud-total'),
+    received: $('hud-received'),
+    processed: $('hud-processed'),
+    droppedStale: $('hud-dropped-stale'),
+    droppedFps: $('hud-dropped-fps'),
+    droppedOverload: $('hud-dropped-overload'),
+    droppedExpired: $('hud-dropped-expired'),
+    workerErrors: $('hud-worker-errors'),
+    unanswered: $('hud-unanswered'),
+    reconnects: $('hud-reconnects'),
+  };
+  const fmt = (v, digits = 1) => (v === null || v === undefined ? '–' : v.toFixed(digits));
+  const count = (v) => (typeof v === 'number' ? String(v) : '–');
+
+  function refreshHud() {
+    const now = performance.now();
+    const s = state.stats;
+    s.sentFps = sentRate.perSecond(now);
+    s.resultFps = resultRate.perSecond(now);
+    s.latencyP50 = latency.quantile(now, 0.5);
+    s.latencyP95 = latency.quantile(now, 0.95);
+    s.inFlight = inFlight.size;
+    hud.sentFps.textContent = fmt(s.sentFps);
+    hud.resultFps.textContent = fmt(s.resultFps);
+    hud.p50.textContent = fmt(s.latencyP50, 0);
+    hud.p95.textContent = fmt(s.latencyP95, 0);
+    hud.queue.textContent = fmt(serverTimings.queue_ms.mean(now));
+    hud.decode.textContent = fmt(serverTimings.decode_ms.mean(now));
+    hud.infer.textContent = fmt(serverTimings.infer_ms.mean(now));
+    hud.serialize.textContent = fmt(serverTimings.serialize_ms.mean(now));
+    hud.total.textContent = fmt(serverTimings.total_ms.mean(now));
+    const st = state.serverStats ?? {};
+    hud.received.textContent = count(st.received);
+    hud.processed.textContent = count(st.processed);
+    hud.droppedStale.textContent = count(st.dropped_stale);
+    hud.droppedFps.textContent = count(st.dropped_fps);
+    hud.droppedOverload.textContent = count(st.dropped_overload);
+    hud.droppedExpired.textContent = count(st.dropped_expired);
+    hud.workerErrors.textContent = count(st.errors);
+    hud.unanswered.textContent = String(s.unanswered + s.lostOnDisconnect);
+    hud.reconnects.textContent = String(s.reconnects);
+    drawSparkline(ui.sparkline, latencyTrace, now);
+    // Also the pump's watchdog: frees slots of frames that will never be answered.
+    pump();
+  }
+  setInterval(refreshHud, 250);
+
+  // ---- camera, then the connection
+
+  connect();
+  await startCamera(ui, state, reportError);
+  pump();
+}
+
+/** Opens the camera into the <video>, with a clear message for each way it can fail. */
+async function startCamera(ui, state, reportError) {
+  const fail = (text) => {
+    state.camera = 'failed';
+    ui.cameraError.textContent = text;
+    ui.cameraError.hidden = false;
+    ui.stageMessage.textContent = 'No camera picture.';
+    reportError('camera', text);
+  };
+  if (!navigator.mediaDevices?.getUserMedia) {
+    fail('This browser offers no camera access here. Cameras need HTTPS (or localhost) and a current browser.');
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: 'user' },
+      audio: false,
+    });
+  } catch (e) {
+    const messages = {
+      NotAllowedError: 'Camera permission was denied. Allow the camera for this site (the icon in the address bar) and reload.',
+      SecurityError: 'Camera access is blocked by the browser’s security settings for this page.',
+      NotFoundError: 'No camera was found. Connect a camera and reload.',
+      OverconstrainedError: 'No camera supports the requested format.',
+      NotReadableError: 'The camera is in use by another application, or the system refused to open it.',
+      AbortError: 'Opening the camera was aborted.',
+    };
+    fail(messages[e.name] ?? `Could not open the camera: ${e.name}: ${e.message}`);
+    return;
+  }
+  const video = ui.video;
+  video.srcObject = stream;
+  try {
+    await video.play();
+  } catch (e) {
+    fail(`The camera opened but its video did not start: ${e.message}`);
+    return;
+  }
+  const track = stream.getVideoTracks()[0];
+  track.addEventListener('ended', () => fail('The camera stopped (unplugged or turned off).'));
+  state.camera = 'live';
+  const { width, height } = track.getSettings();
+  state.cameraSize = { width: width ?? video.videoWidth, height: height ?? video.videoHeight };
+  ui.stageMessage.textContent = 'Waiting for the first result…';
+}
+
+// ------------------------------------------------------------------- routing
+
+const page = document.body.dataset.page;
+const start = page === 'login' ? initLogin : page === 'stream' ? initStream : null;
+if (start) {
+  start().catch((e) => {
+    // Last resort: a failure during start-up is shown on the page, never just logged.
+    const p = document.createElement('p');
+    p.className = 'banner error';
+    p.textContent = `The page failed to start: ${e.message}`;
+    document.body.prepend(p);
+    console.error(e);
+  });
+}
