@@ -135,6 +135,7 @@ function newState() {
       results: 0,
       serverErrors: 0,
       unanswered: 0,
+      droppedSilently: 0,
       lostOnDisconnect: 0,
       missingFrame: 0,
       reconnects: 0,
@@ -180,13 +181,22 @@ async function initStream() {
   };
 
   const reportError = (source, text) => {
-    state.errors.unshift({ time: new Date(), source, text });
-    if (state.errors.length > ERROR_LOG_LENGTH) state.errors.length = ERROR_LOG_LENGTH;
+    const latest = state.errors[0];
+    // A repeat of the latest error (e.g. each failed reconnect) is folded into
+    // it with a count, so it cannot push the other errors off the list.
+    if (latest && latest.source === source && latest.text === text) {
+      latest.repeats += 1;
+      latest.time = new Date();
+    } else {
+      state.errors.unshift({ time: new Date(), source, text, repeats: 1 });
+      if (state.errors.length > ERROR_LOG_LENGTH) state.errors.length = ERROR_LOG_LENGTH;
+    }
     state.stats.pageErrors += 1;
     ui.errorCount.textContent = String(state.stats.pageErrors);
     ui.errorLog.replaceChildren(...state.errors.map((e) => {
       const li = document.createElement('li');
-      li.textContent = `${e.time.toLocaleTimeString()} [${e.source}] ${e.text}`;
+      const times = e.repeats > 1 ? ` (×${e.repeats})` : '';
+      li.textContent = `${e.time.toLocaleTimeString()} [${e.source}] ${e.text}${times}`;
       return li;
     }));
     console.error(`[${source}] ${text}`);
@@ -243,6 +253,8 @@ async function initStream() {
   /** @type {Map<number, number>} seq → performance.now() when sent */
   const inFlight = new Map();
   let nextSeq = 0;
+  /** Frames sent on the current connection, to match against the server's `received`. */
+  let sentOnConnection = 0;
   let capturing = false;
   let nextDue = 0;
   let pumpTimer = null;
@@ -304,6 +316,7 @@ async function initStream() {
       if (everOpened) state.stats.reconnects += 1;
       everOpened = true;
       failures = 0;
+      sentOnConnection = 0;
       setConnection('open', 'connected');
       sendConfig();
       pump();
@@ -331,10 +344,12 @@ async function initStream() {
       // Frames in flight on a closed socket will never be answered.
       state.stats.lostOnDisconnect += inFlight.size;
       inFlight.clear();
-      if (event.wasClean === false || event.code !== 1000) {
-        const why = event.reason ? `: ${event.reason}` : '';
-        reportError('connection', `WebSocket closed (code ${event.code}${why})`);
-      }
+      const why = event.reason ? `: ${event.reason}` : '';
+      reportError('connection', `WebSocket closed (code ${event.code}${why})`);
+      // Say so over the picture too: the last frame stays, but it is not live.
+      ui.stageMessage.textContent = 'Connection lost · reconnecting…';
+      ui.stageMessage.classList.add('over-frame');
+      ui.stageMessage.hidden = false;
       scheduleReconnect();
     });
     // An 'error' event is always followed by 'close', which reports and reconnects.
@@ -386,6 +401,7 @@ async function initStream() {
       drawResult(ui.overlayCtx, msg, settings.mirror);
       state.drawnSeq = msg.seq;
       ui.stageMessage.hidden = true;
+      ui.stageMessage.classList.remove('over-frame');
     } else {
       state.stats.missingFrame += 1;
       reportError('overlay', `result ${msg.seq} is for a frame no longer kept; not drawn`);
@@ -418,6 +434,18 @@ async function initStream() {
 
   function onServerStats(msg) {
     state.serverStats = msg;
+    // The server drops frames over its fps cap, or replaced while waiting,
+    // without an answer (only counted here). Answers and stats travel in one
+    // ordered stream, so once the server has received every frame sent on
+    // this connection and accounted for each one, a frame still unanswered
+    // was dropped: free its slot now instead of waiting for the timeout.
+    const accounted = msg.processed + msg.dropped_stale + msg.dropped_fps + msg.dropped_overload
+      + (msg.dropped_expired ?? 0) + msg.errors;
+    if (inFlight.size && msg.received >= sentOnConnection && accounted >= msg.received) {
+      state.stats.droppedSilently += inFlight.size;
+      inFlight.clear();
+      pump();
+    }
   }
 
   // ---- the pump: capture and send when due and a slot is free
@@ -473,6 +501,7 @@ async function initStream() {
       remember(seq, bitmap);
       inFlight.set(seq, performance.now());
       socket.send(encodeFrame(seq, captureTs, jpeg));
+      sentOnConnection += 1;
       state.stats.sent += 1;
       sentRate.mark(performance.now());
     } finally {
