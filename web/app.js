@@ -271,7 +271,6 @@ async function initStream() {
   // ---- connection
   let ws = null;
   let failures = 0;
-  let reconnectTimer = null;
   let everOpened = false;
 
   const setConnection = (name, text) => {
@@ -301,11 +300,10 @@ async function initStream() {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * BACKOFF_FACTOR ** (failures - 1));
     const delay = Math.round(base * (0.8 + 0.4 * Math.random()));
     setConnection('reconnecting', `disconnected · retry in ${(delay / 1000).toFixed(1)} s (attempt ${failures})`);
-    reconnectTimer = setTimeout(connect, delay);
+    setTimeout(connect, delay);
   };
 
   function connect() {
-    reconnectTimer = null;
     setConnection('connecting', everOpened ? 'reconnecting…' : 'connecting…');
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const socket = new WebSocket(`${scheme}://${location.host}/ws`);
