@@ -1,0 +1,536 @@
+//! `holistream worker`: remote inference workers for gateways started with
+//! `serve --pool redis`.
+//!
+//! One process runs `--workers N` pipeline threads. Each thread owns its
+//! model instance and a blocking Redis connection, and is one consumer
+//! (`<worker name>-<i>`) of the group `workers` on `holistream:jobs`:
+//!
+//! 1. `XREADGROUP … COUNT 1 BLOCK` takes one job (so a thread holds at most
+//!    one job: a killed process loses at most N frames);
+//! 2. a job past its deadline (entry timestamp + `ttl_ms`, on Redis's clock)
+//!    is not run: answered `expired`;
+//! 3. otherwise decode, pipeline, serialise (the same steps as the in-process
+//!    pool), then `XADD` the result to the gateway's result stream, `EXPIRE`
+//!    it and `XACK` the job, in one `MULTI`;
+//! 4. every second, `XAUTOCLAIM` takes jobs left pending by consumers idle
+//!    longer than `--claim-idle-ms` (a worker that died holding them): still
+//!    within their deadline they are run, otherwise answered `lost`.
+//!
+//! The wire format is documented in [`crate::actors::remote`].
+//!
+//! Threads and not async tasks: the work is CPU-bound and each thread owns a
+//! `Holistic`, which is `Send` but not `Sync`; a blocking connection per
+//! thread keeps one job per consumer with no executor in between. Stopping:
+//! ctrl-c or SIGTERM cancels a `CancellationToken`; each thread finishes the
+//! job it holds, sees the token within `--block-ms`, and leaves the group.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::remote::{
+    EntryId, JOBS_STREAM, RESULTS_MAXLEN, RESULTS_TTL_S, WORKERS_GROUP, WireJob, WireOutcome,
+    WireResult, WorkerTimings, create_group_cmd, group_exists, results_stream,
+};
+use crate::model::{Holistic, ProcessOptions, decode_image};
+
+/// Flags of `holistream worker`; each also reads the environment variable
+/// named beside it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Redis holding the jobs stream (the gateways' `REDIS_URL`).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+    /// Pipeline threads, each with its own model (default: number of cores).
+    #[arg(long, env = "HOLISTREAM_WORKERS")]
+    pub workers: Option<usize>,
+    /// Name of this process in the consumer group (default: host name, pid
+    /// and a random suffix). Must be unique among running workers.
+    #[arg(long, env = "HOLISTREAM_WORKER_NAME")]
+    pub name: Option<String>,
+    /// A job pending this long on another consumer is taken over
+    /// (`XAUTOCLAIM`); longer than the slowest forward pass.
+    #[arg(long, env = "HOLISTREAM_CLAIM_IDLE_MS", default_value_t = 2000)]
+    pub claim_idle_ms: u64,
+    /// Longest wait of one `XREADGROUP`; bounds how late a stop is seen.
+    #[arg(long, default_value_t = 1000)]
+    pub block_ms: u64,
+}
+
+/// Errors of the worker command.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+    #[error("the Redis URL is not valid: {0}")]
+    RedisUrl(redis::RedisError),
+    #[error("loading the model for thread {thread} failed: {message}")]
+    Model { thread: usize, message: String },
+    #[error("cannot start the signal handler: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What each thread counts; logged when the process stops.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub done: AtomicU64,
+    pub expired: AtomicU64,
+    pub lost: AtomicU64,
+    pub failed: AtomicU64,
+    pub claimed: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// Settings shared by the threads.
+struct WorkerContext {
+    client: redis::Client,
+    name: String,
+    claim_idle: Duration,
+    block: Duration,
+    shutdown: CancellationToken,
+    counters: WorkerCounters,
+}
+
+/// Runs the worker process until ctrl-c or SIGTERM.
+pub fn run(args: &WorkerArgs) -> Result<(), WorkerError> {
+    let shutdown = CancellationToken::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    let signal = runtime.spawn(crate::http::shutdown::cancel_on_signal(shutdown.clone()));
+    let result = run_until(args, shutdown.clone());
+    shutdown.cancel();
+    let _ = runtime.block_on(signal);
+    result
+}
+
+/// Runs the worker threads until `shutdown` is cancelled (or every thread
+/// ended), then waits for them to finish the jobs they hold.
+pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let threads = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 || threads > 256 {
+        return Err(WorkerError::Config(format!("--workers must be in 1..=256, got {threads}")));
+    }
+    if args.block_ms == 0 || args.claim_idle_ms == 0 {
+        return Err(WorkerError::Config("--block-ms and --claim-idle-ms must be positive".into()));
+    }
+    let name = match &args.name {
+        Some(n) if !n.is_empty() && !n.contains(char::is_whitespace) => n.clone(),
+        Some(n) => return Err(WorkerError::Config(format!("--name {n:?} is empty or has spaces"))),
+        None => default_name(),
+    };
+    let client = redis::Client::open(args.redis_url.as_str()).map_err(WorkerError::RedisUrl)?;
+    let ctx = Arc::new(WorkerContext {
+        client,
+        name,
+        claim_idle: Duration::from_millis(args.claim_idle_ms),
+        block: Duration::from_millis(args.block_ms),
+        shutdown,
+        counters: WorkerCounters::default(),
+    });
+
+    // Load every model before taking the first job, so a broken build fails
+    // at start instead of answering every job `failed`.
+    let mut handles = Vec::with_capacity(threads);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
+    for i in 0..threads {
+        let ctx = ctx.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("remote-worker-{i}"))
+            .spawn(move || worker_thread(ctx, i, ready))
+            .map_err(|e| WorkerError::Config(format!("cannot spawn thread: {e}")))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut first_error = None;
+    for _ in 0..threads {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((thread, Err(message))) => {
+                first_error.get_or_insert(WorkerError::Model { thread, message });
+            }
+            Err(_) => break,
+        }
+    }
+    if first_error.is_some() {
+        ctx.shutdown.cancel();
+    } else {
+        tracing::info!(name = %ctx.name, threads, stream = JOBS_STREAM, "worker ready");
+    }
+    for h in handles {
+        // A panic outside the per-job guard is a bug; the others go on.
+        if h.join().is_err() {
+            tracing::error!("a worker thread panicked outside a job");
+        }
+    }
+    let c = &ctx.counters;
+    tracing::info!(
+        done = c.done.load(Ordering::Relaxed),
+        expired = c.expired.load(Ordering::Relaxed),
+        lost = c.lost.load(Ordering::Relaxed),
+        failed = c.failed.load(Ordering::Relaxed),
+        claimed = c.claimed.load(Ordering::Relaxed),
+        malformed = c.malformed.load(Ordering::Relaxed),
+        "worker stopped"
+    );
+    first_error.map_or(Ok(()), Err)
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+}
+
+/// Offset between this machine's clock and Redis's, so deadlines (set on
+/// Redis's clock by the entry ids) are judged on Redis's clock.
+struct RedisClock {
+    offset_ms: i64,
+}
+
+impl RedisClock {
+    fn sync(con: &mut redis::Connection) -> redis::RedisResult<RedisClock> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query(con)?;
+        let redis_ms = secs * 1000 + micros / 1000;
+        Ok(RedisClock {
+            offset_ms: redis_ms - local_ms(),
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        local_ms() + self.offset_ms
+    }
+}
+
+fn local_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How often a thread looks for jobs of dead consumers and resyncs its clock.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A consumer without pending jobs that has not read for this long is
+/// removed from the group (a worker that died between jobs).
+const FORGET_IDLE_CONSUMER: Duration = Duration::from_secs(60);
+
+fn worker_thread(
+    ctx: Arc<WorkerContext>,
+    index: usize,
+    ready: std::sync::mpsc::Sender<(usize, Result<(), String>)>,
+) {
+    let mut holistic = match Holistic::load_default() {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = ready.send((index, Err(e.to_string())));
+            return;
+        }
+    };
+    let _ = ready.send((index, Ok(())));
+    let consumer = format!("{}-{index}", ctx.name);
+    let mut backoff = Duration::from_millis(100);
+
+    // Outer loop: (re)connect; inner loop: take jobs until an error.
+    while !ctx.shutdown.is_cancelled() {
+        let mut con = match connect(&ctx) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(consumer, error = %e, "cannot reach Redis; retrying");
+                wait_or_stop(&ctx.shutdown, backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut worker = ThreadState {
+            ctx: &ctx,
+            consumer: &consumer,
+            holistic: &mut holistic,
+            clock: RedisClock { offset_ms: 0 },
+            next_sweep: Instant::now(),
+            sweeps: 0,
+        };
+        if let Err(e) = worker.serve(&mut con) {
+            tracing::warn!(consumer, error = %e, "Redis failed; reconnecting");
+            wait_or_stop(&ctx.shutdown, backoff);
+            continue;
+        }
+        // Stopped cleanly: holding no job, leave the group so nobody waits
+        // for this consumer.
+        let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(JOBS_STREAM)
+            .arg(WORKERS_GROUP)
+            .arg(&consumer)
+            .query(&mut con);
+    }
+}
+
+fn connect(ctx: &WorkerContext) -> redis::RedisResult<redis::Connection> {
+    let mut con = ctx.client.get_connection_with_timeout(Duration::from_secs(2))?;
+    // Above the longest BLOCK, so a blocked read is never cut short.
+    con.set_read_timeout(Some(ctx.block + Duration::from_secs(5)))?;
+    con.set_write_timeout(Some(Duration::from_secs(5)))?;
+    group_exists(create_group_cmd().query(&mut con))?;
+    Ok(con)
+}
+
+fn wait_or_stop(shutdown: &CancellationToken, d: Duration) {
+    // A plain sleep in small steps: this thread has no executor to select on
+    // the token with.
+    let until = Instant::now() + d;
+    while !shutdown.is_cancelled() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+    }
+}
+
+struct ThreadState<'a> {
+    ctx: &'a WorkerContext,
+    consumer: &'a str,
+    holistic: &'a mut Holistic,
+    clock: RedisClock,
+    next_sweep: Instant,
+    sweeps: u64,
+}
+
+impl ThreadState<'_> {
+    /// Takes and answers jobs until the token is cancelled (`Ok`) or Redis
+    /// fails (`Err`).
+    fn serve(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        while !self.ctx.shutdown.is_cancelled() {
+            if Instant::now() >= self.next_sweep {
+                self.sweep(con)?;
+                self.next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(WORKERS_GROUP)
+                .arg(self.consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(self.ctx.block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(JOBS_STREAM)
+                .arg(">")
+                .query(con);
+            let reply = match read {
+                Ok(r) => r,
+                // Redis restarted without persistence: the group is gone.
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    group_exists(create_group_cmd().query(con))?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                for entry in key.ids {
+                    self.handle(con, &entry, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resyncs the clock, takes over jobs of dead consumers, and forgets
+    /// consumers long gone.
+    fn sweep(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        self.clock = RedisClock::sync(con)?;
+        self.sweeps += 1;
+        let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(JOBS_STREAM)
+            .arg(WORKERS_GROUP)
+            .arg(self.consumer)
+            .arg(self.ctx.claim_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(4)
+            .query(con)?;
+        for entry in &claimed.claimed {
+            self.ctx.counters.claimed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(consumer = self.consumer, entry = %entry.id, "took over a job of a dead worker");
+            self.handle(con, entry, true)?;
+        }
+        if self.sweeps % 10 == 0 {
+            self.forget_dead_consumers(con)?;
+        }
+        Ok(())
+    }
+
+    fn forget_dead_consumers(&self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        let info: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(JOBS_STREAM)
+            .arg(WORKERS_GROUP)
+            .query(con)?;
+        for c in info.consumers {
+            if c.pending == 0 && c.idle as u128 > FORGET_IDLE_CONSUMER.as_millis() {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(JOBS_STREAM)
+                    .arg(WORKERS_GROUP)
+                    .arg(&c.name)
+                    .query(con)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers one job entry and acknowledges it.
+    fn handle(
+        &mut self,
+        con: &mut redis::Connection,
+        entry: &StreamId,
+        claimed: bool,
+    ) -> redis::RedisResult<()> {
+        // A copy of the `&'a` context, so counting does not borrow `self`.
+        let ctx = self.ctx;
+        let counters = &ctx.counters;
+        let (job, outcome) = match (entry.id.parse::<EntryId>(), WireJob::from_entry(entry)) {
+            (Ok(id), Ok(job)) => {
+                let now = self.clock.now_ms();
+                let deadline = id.ms as i64 + job.ttl_ms as i64;
+                let outcome = if now > deadline {
+                    // A job taken from a dead consumer was held past its
+                    // deadline: from the session's view it was lost.
+                    if claimed {
+                        counters.lost.fetch_add(1, Ordering::Relaxed);
+                        WireOutcome::Lost
+                    } else {
+                        counters.expired.fetch_add(1, Ordering::Relaxed);
+                        WireOutcome::Expired
+                    }
+                } else {
+                    let queue_ms = (now - id.ms as i64).max(0) as f64;
+                    self.process(&job, queue_ms)
+                };
+                ((job.gateway, job.job), outcome)
+            }
+            (_, Err(e)) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(entry = %entry.id, error = %e, "unreadable job");
+                match WireJob::reply_address(entry) {
+                    Some(addr) => (addr, WireOutcome::Unsupported(e.to_string())),
+                    None => return ack(con, &entry.id),
+                }
+            }
+            (Err(e), Ok(_)) => {
+                tracing::warn!(entry = %entry.id, error = %e, "job with a bad entry id");
+                return ack(con, &entry.id);
+            }
+        };
+        let (gateway, job) = job;
+        let result = WireResult {
+            job,
+            worker: self.consumer.to_string(),
+            outcome,
+        };
+        let results = results_stream(&gateway);
+        // One MULTI: a result is never written without its job acknowledged,
+        // so a restart cannot answer a job twice.
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(&results)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(RESULTS_MAXLEN)
+            .arg("*")
+            .arg(result.to_fields())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&results)
+            .arg(RESULTS_TTL_S)
+            .ignore()
+            .cmd("XACK")
+            .arg(JOBS_STREAM)
+            .arg(WORKERS_GROUP)
+            .arg(&entry.id)
+            .ignore()
+            .query::<()>(con)
+    }
+
+    /// Decode, pipeline and serialise one frame, as the in-process pool does.
+    fn process(&mut self, job: &WireJob, queue_ms: f64) -> WireOutcome {
+        // A copy of the `&'a` context, so counting does not borrow `self`.
+        let ctx = self.ctx;
+        let counters = &ctx.counters;
+        let holistic = &*self.holistic;
+        let mut tracking = job.tracking.clone();
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let image = match decode_image(&job.jpeg) {
+                Ok(i) => i,
+                Err(e) => return WireOutcome::BadFrame(e.to_string()),
+            };
+            let decode_ms = ms(t);
+            let t = Instant::now();
+            let opts = ProcessOptions {
+                mode: job.mode,
+                parts: job.parts,
+                timestamp_us: job.timestamp_us,
+            };
+            let result = match holistic.process(&image, &opts, &mut tracking) {
+                Ok(r) => r,
+                Err(e) => return WireOutcome::Failed(e.to_string()),
+            };
+            let infer_ms = ms(t);
+            let t = Instant::now();
+            let landmarks = crate::actors::worker::landmarks_json(&result);
+            WireOutcome::Ok {
+                landmarks,
+                tracking: tracking.clone(),
+                timings: WorkerTimings {
+                    queue_ms,
+                    decode_ms,
+                    infer_ms,
+                    serialize_ms: ms(t),
+                },
+            }
+        }));
+        match run {
+            Ok(outcome) => {
+                match &outcome {
+                    WireOutcome::Ok { .. } => counters.done.fetch_add(1, Ordering::Relaxed),
+                    _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+                };
+                outcome
+            }
+            Err(_) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(consumer = self.consumer, "pipeline panicked; reloading the model");
+                // The model may be half-way through a mutation: start afresh.
+                match Holistic::load_default() {
+                    Ok(h) => *self.holistic = h,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reloading the model failed; stopping this worker");
+                        self.ctx.shutdown.cancel();
+                    }
+                }
+                WireOutcome::Failed("the pipeline panicked on this frame".into())
+            }
+        }
+    }
+}
+
+fn ack(con: &mut redis::Connection, id: &str) -> redis::RedisResult<()> {
+    redis::cmd("XACK")
+        .arg(JOBS_STREAM)
+        .arg(WORKERS_GROUP)
+        .arg(id)
+        .query::<i64>(con)
+        .map(|_| ())
+}

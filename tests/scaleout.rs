@@ -1,0 +1,507 @@
+//! Scale-out over Redis Streams with real processes on loopback: a real
+//! `redis-server`, `holistream serve --pool redis` gateways and `holistream
+//! worker` processes (the binary under test), real WebSocket clients sending
+//! a real JPEG, real models in the workers.
+//!
+//! - `gateways_and_workers_join_fail_and_come_back`: two gateways, two
+//!   workers; clients on both gateways get results; SIGKILL of one worker
+//!   mid-stream loses at most the frame it held and the clients go on;
+//!   stopping every worker gives the clients typed errors, and a new worker
+//!   brings results back.
+//! - `a_burst_is_trimmed_not_queued`: more jobs than the workers can take at
+//!   once; the jobs stream stays at its `max_backlog` and the trimmed jobs
+//!   are answered `overloaded` and counted, none waits unanswered.
+//!
+//! Every wait polls a condition with a deadline. The clients send frames at a
+//! fixed camera rate (15 fps), which is the load, not a wait.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use holistream::actors::protocol::FrameHeader;
+use holistream::actors::remote::{JOBS_STREAM, RemotePool, RemotePoolConfig};
+use holistream::actors::{FrameFailure, FrameJob};
+use holistream::http::Metrics;
+use holistream::model::{Mode, Parts, TrackingState};
+use parking_lot::Mutex;
+
+use common::{RedisServer, free_port, test_jpeg};
+
+const PASSWORD: &str = "scale-out-test-code";
+/// Model loading in a debug-profile worker, with other processes busy.
+const WORKER_START: Duration = Duration::from_secs(180);
+const GATEWAY_START: Duration = Duration::from_secs(60);
+
+/// The tests of this file run one at a time: each starts several processes
+/// that load models, and the machine may have two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A child process of the binary under test; SIGKILLed on drop if still
+/// running. Its output goes to a log file, printed when a test fails.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str], env: &[(&str, String)], dir: &tempfile::TempDir) -> Proc {
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("creating a log file");
+        let err = out.try_clone().expect("cloning the log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_holistream"));
+        cmd.args(args)
+            .env("RUST_LOG", "info,holistream=debug")
+            .env_remove("HOLISTREAM_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process gets no chance to answer or acknowledge anything.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    fn terminate(&mut self, bound: Duration) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc_kill(self.pid(), 15) };
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop within {bound:?} of SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.kill();
+        }
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("---- log of {} (last 4000 chars) ----\n{tail}", self.name);
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms (blocking) until true; panics with `what` after
+/// `timeout`.
+fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_for_async(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn redis_con(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connecting to the test redis")
+}
+
+/// Names of the consumers of the workers' group (empty if there is none).
+fn consumers(redis: &RedisServer) -> Vec<String> {
+    let mut con = redis_con(redis);
+    let info: redis::RedisResult<redis::streams::StreamInfoConsumersReply> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(JOBS_STREAM)
+        .arg("workers")
+        .query(&mut con);
+    info.map(|i| i.consumers.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default()
+}
+
+/// Starts `holistream worker --name <name> --workers 1` and waits until its
+/// thread reads the jobs stream (its consumer appears in the group).
+fn start_worker(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Proc {
+    let mut p = Proc::spawn(
+        name,
+        &["worker", "--name", name, "--workers", "1", "--claim-idle-ms", "1000", "--block-ms", "200"],
+        &[("REDIS_URL", redis.url())],
+        dir,
+    );
+    let consumer = format!("{name}-0");
+    wait_for(WORKER_START, &format!("worker {name} reading the jobs stream"), || {
+        if let Some(status) = p.exited() {
+            panic!("worker {name} exited at start ({status}):\n{}", p.log_text());
+        }
+        consumers(redis).contains(&consumer)
+    });
+    p
+}
+
+/// A gateway: `holistream serve --pool redis` on a free loopback port.
+struct Gateway {
+    proc: Proc,
+    base: String,
+}
+
+fn start_gateway(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Gateway {
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        name,
+        &["serve", "--pool", "redis", "--host", "127.0.0.1", "--port", &port.to_string()],
+        &[
+            ("REDIS_URL", redis.url()),
+            ("HOLISTREAM_PASSWORD", PASSWORD.into()),
+            ("HOLISTREAM_GATEWAY_ID", name.into()),
+            ("HOLISTREAM_WEB_DIR", env!("CARGO_MANIFEST_DIR").to_string() + "/web"),
+        ],
+        dir,
+    );
+    let check = holistream::healthcheck::HealthcheckArgs {
+        port,
+        host: "127.0.0.1".into(),
+        timeout_ms: 500,
+    };
+    wait_for(GATEWAY_START, &format!("gateway {name} healthy"), || {
+        if let Some(status) = proc.exited() {
+            panic!("gateway {name} exited at start ({status}):\n{}", proc.log_text());
+        }
+        holistream::healthcheck::check(&check).is_ok()
+    });
+    Gateway {
+        proc,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// What a client saw, in order.
+#[derive(Debug, Clone)]
+enum Seen {
+    Result { at: Instant, pose: usize },
+    Error { at: Instant, code: String },
+}
+
+/// A WebSocket client streaming the same JPEG at 15 fps and recording every
+/// `result` and `error`, until `stop` is set.
+struct StreamingClient {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: actix_web::rt::task::JoinHandle<()>,
+}
+
+impl StreamingClient {
+    async fn start(base: &str, jpeg: Bytes) -> StreamingClient {
+        let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+        let mut resp = http
+            .post(format!("{base}/auth/code"))
+            .send_json(&serde_json::json!({ "code": PASSWORD }))
+            .await
+            .expect("POST /auth/code");
+        assert_eq!(resp.status(), 200, "login: {:?}", resp.body().await);
+        let cookie = resp
+            .cookie(holistream::http::SESSION_COOKIE)
+            .map(|c| format!("{}={}", c.name(), c.value()))
+            .expect("session cookie");
+        let (_, conn) = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish()
+            .ws(format!("{base}/ws"))
+            .origin(base)
+            .header("Cookie", cookie)
+            .max_frame_size(8 << 20)
+            .connect()
+            .await
+            .expect("WebSocket upgrade");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = actix_web::rt::spawn(stream_frames(conn, jpeg, seen.clone(), stop.clone()));
+        StreamingClient { seen, stop, task }
+    }
+
+    fn results_since(&self, t: Instant) -> usize {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|s| matches!(s, Seen::Result { at, .. } if *at >= t))
+            .count()
+    }
+
+    fn errors_since(&self, t: Instant) -> Vec<String> {
+        self.seen
+            .lock()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Error { at, code } if *at >= t => Some(code.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn all(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+
+    async fn finish(self) -> Vec<Seen> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.all()
+    }
+}
+
+async fn stream_frames(
+    conn: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+    jpeg: Bytes,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let (mut tx, mut rx) = conn.split();
+    let mut camera = actix_web::rt::time::interval(Duration::from_millis(66));
+    let mut seq = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = tx.send(awc::ws::Message::Close(None)).await;
+                return;
+            }
+            _ = camera.tick() => {
+                seq += 1;
+                let frame = FrameHeader { seq, capture_ts: seq as f64 * 66.0 }.encode(&jpeg);
+                if tx.send(awc::ws::Message::Binary(frame.into())).await.is_err() {
+                    return;
+                }
+            }
+            msg = rx.next() => {
+                let Some(Ok(awc::ws::Frame::Text(text))) = msg else {
+                    match msg {
+                        None | Some(Ok(awc::ws::Frame::Close(_))) | Some(Err(_)) => return,
+                        _ => continue,
+                    }
+                };
+                let v: serde_json::Value = serde_json::from_slice(&text).expect("server sent JSON");
+                let at = Instant::now();
+                match v["type"].as_str() {
+                    Some("result") => {
+                        let pose = v["pose"].as_array().map_or(0, |p| p.len());
+                        seen.lock().push(Seen::Result { at, pose });
+                    }
+                    Some("error") => {
+                        let code = v["code"].as_str().unwrap_or("?").to_string();
+                        seen.lock().push(Seen::Error { at, code });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn gateways_and_workers_join_fail_and_come_back() {
+    let _serial = ONE_AT_A_TIME.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::spawn();
+    let jpeg = Bytes::from(test_jpeg());
+
+    // Gateways first: they need no worker to start, and jobs wait for one.
+    let g1 = start_gateway(&redis, "gw1", &dir);
+    let g2 = start_gateway(&redis, "gw2", &dir);
+    let mut w1 = start_worker(&redis, "w1", &dir);
+    let mut w2 = start_worker(&redis, "w2", &dir);
+
+    // Clients on both gateways get results, with landmarks from the real model.
+    let c1 = StreamingClient::start(&g1.base, jpeg.clone()).await;
+    let c2 = StreamingClient::start(&g2.base, jpeg.clone()).await;
+    let t0 = Instant::now();
+    wait_for_async(Duration::from_secs(60), "3 results on each gateway", || {
+        c1.results_since(t0) >= 3 && c2.results_since(t0) >= 3
+    })
+    .await;
+    for c in [&c1, &c2] {
+        for s in c.all() {
+            if let Seen::Result { pose, .. } = s {
+                assert_eq!(pose, 33, "grace_hopper.jpg has a pose: {:?}", c.all());
+            }
+        }
+    }
+
+    // SIGKILL one worker mid-stream: it held at most one job (one thread,
+    // COUNT 1), so at most one frame is lost; both clients go on.
+    let killed = Instant::now();
+    w1.kill();
+    wait_for_async(Duration::from_secs(60), "5 results on each gateway after the kill", || {
+        c1.results_since(killed) >= 5 && c2.results_since(killed) >= 5
+    })
+    .await;
+    let errors: Vec<String> = [&c1, &c2]
+        .iter()
+        .flat_map(|c| c.errors_since(killed))
+        .collect();
+    let lost = errors.iter().filter(|c| *c == "lost").count();
+    assert!(lost <= 1, "more frames lost than the killed worker held: {errors:?}");
+    assert!(
+        errors.iter().all(|c| c == "lost" || c == "expired"),
+        "unexpected errors after the kill: {errors:?}"
+    );
+
+    // Stop every worker: clients get typed errors, not silence.
+    let w2_status = w2.terminate(Duration::from_secs(20));
+    assert!(w2_status.success(), "worker w2 did not stop cleanly: {w2_status}\n{}", w2.log_text());
+    let stopped = Instant::now();
+    wait_for_async(Duration::from_secs(30), "typed errors on each gateway with no worker", || {
+        c1.errors_since(stopped).len() >= 2 && c2.errors_since(stopped).len() >= 2
+    })
+    .await;
+    for c in [&c1, &c2] {
+        let errors = c.errors_since(stopped);
+        assert!(
+            errors.iter().all(|e| e == "expired" || e == "lost"),
+            "errors without workers must be expired/lost: {errors:?}"
+        );
+        assert_eq!(c.results_since(stopped + Duration::from_secs(2)), 0, "results with no worker?");
+    }
+    // The clean stop removed its consumer; the killed one stays until swept.
+    assert!(!consumers(&redis).contains(&"w2-0".to_string()));
+
+    // A new worker brings results back on both gateways.
+    let _w3 = start_worker(&redis, "w3", &dir);
+    let resumed = Instant::now();
+    wait_for_async(Duration::from_secs(60), "results again after a worker came back", || {
+        c1.results_since(resumed) >= 3 && c2.results_since(resumed) >= 3
+    })
+    .await;
+
+    let seen1 = c1.finish().await;
+    let seen2 = c2.finish().await;
+    assert!(!seen1.is_empty() && !seen2.is_empty());
+    drop((g1, g2));
+}
+
+fn frame_job(seq: u32, jpeg: &Bytes) -> FrameJob {
+    FrameJob {
+        session: uuid::Uuid::new_v4(),
+        conn: u64::from(seq),
+        seq,
+        capture_ts: 0.0,
+        arrived: Instant::now(),
+        jpeg: jpeg.clone(),
+        parts: Parts::default(),
+        mode: Mode::Static,
+        timestamp_us: 0,
+        tracking: TrackingState::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_trimmed_not_queued() {
+    let _serial = ONE_AT_A_TIME.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::spawn();
+    let jpeg = Bytes::from(test_jpeg());
+    let _worker = start_worker(&redis, "wb", &dir);
+
+    const BACKLOG: usize = 4;
+    const BURST: u32 = 40;
+    let cfg = RemotePoolConfig {
+        gateway_id: Some("burst".into()),
+        max_backlog: BACKLOG,
+        // Long enough that the kept jobs are run, not expired.
+        job_ttl_ms: 20_000,
+        reply_timeout_ms: 5_000,
+        ..Default::default()
+    };
+    let metrics = Metrics::new();
+    let pool = RemotePool::start(&cfg, Some(&redis.url()), metrics.clone())
+        .await
+        .expect("starting the remote pool");
+
+    // The whole burst at once: one worker thread can hold one job; the stream
+    // keeps BACKLOG; the rest must be trimmed and answered.
+    let answers = futures_util::future::join_all((1..=BURST).map(|seq| pool.submit(frame_job(seq, &jpeg))));
+    let mut con = redis_con(&redis);
+    let answers = tokio::time::timeout(Duration::from_secs(120), answers)
+        .await
+        .expect("every job of the burst answered");
+
+    let len: usize = redis::cmd("XLEN").arg(JOBS_STREAM).query(&mut con).unwrap();
+    // `MAXLEN ~` trims whole stream nodes; a JPEG entry fills a node alone,
+    // so the bound holds to within one node.
+    assert!(len <= BACKLOG + 1, "jobs stream holds {len} entries, backlog is {BACKLOG}");
+
+    let mut results = 0;
+    let mut trimmed = 0;
+    for done in &answers {
+        match &done.outcome {
+            Ok(out) => {
+                results += 1;
+                let v: serde_json::Value = serde_json::from_str(&out.json).unwrap();
+                assert_eq!(v["type"], "result");
+                assert_eq!(v["seq"], done.seq);
+                assert_eq!(v["pose"].as_array().map(Vec::len), Some(33));
+            }
+            Err(FrameFailure::Overloaded) => {
+                trimmed += 1;
+                assert!(done.tracking.is_some(), "a trimmed job gives its state back");
+            }
+            Err(other) => panic!("job {} answered {other:?}", done.seq),
+        }
+    }
+    assert_eq!(results + trimmed, BURST as usize);
+    assert!(results >= 1, "the worker ran none of the burst");
+    // At most the backlog, the job the worker holds, and one node of slack
+    // escape trimming.
+    assert!(
+        trimmed >= BURST as usize - BACKLOG - 2,
+        "only {trimmed} of {BURST} trimmed (results {results})"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.trimmed as usize, trimmed);
+    assert_eq!(stats.in_flight, 0);
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!("holistream_remote_jobs_total{{outcome=\"trimmed\"}} {trimmed}")),
+        "{text}"
+    );
+    pool.shutdown().await;
+}
