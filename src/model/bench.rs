@@ -1,0 +1,151 @@
+//! `holistream bench`: where a frame's time goes, beside MediaPipe's numbers
+//! for this machine.
+//!
+//! Per net: the median forward time. Per frame: the median `process` time in
+//! static mode (detection on every frame) and in tracking mode (each image
+//! replayed as a still video, so the pose ROI is carried over and detection
+//! is skipped after the first frame, as in a live stream).
+
+use super::{Holistic, Mode, ModelError, Net, Parts, ProcessOptions, TrackingState};
+use image::RgbImage;
+
+/// MediaPipe 0.10.14 (XNNPACK, 1 thread) on this machine, ms per frame.
+pub const MEDIAPIPE_STATIC_MS: f64 = 26.0;
+pub const MEDIAPIPE_TRACKING_MS: f64 = 20.0;
+
+/// MediaPipe's per-net forward time on this machine (XNNPACK, 1 thread), ms;
+/// `None` where it was not measured.
+pub fn mediapipe_net_ms(net: Net) -> Option<f64> {
+    match net {
+        Net::PoseDetection => Some(5.4),
+        Net::PoseLandmark => Some(8.5),
+        Net::HandLandmark => Some(4.3),
+        Net::FaceLandmark => Some(0.64),
+        Net::HandRecrop => Some(0.64),
+        Net::FaceDetection => None,
+    }
+}
+
+/// Medians of one bench run, in ms.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub nets: Vec<(Net, f64)>,
+    pub static_frame: f64,
+    pub tracking_frame: f64,
+    /// Median per-stage times of the static frames.
+    pub static_stages: super::StageTimings,
+    pub images: usize,
+    pub iters: usize,
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+/// Runs the bench: `iters` forward passes per net, and `iters` frames per
+/// image in each mode (after one warm-up frame).
+pub fn run(holistic: &Holistic, images: &[RgbImage], iters: usize) -> Result<BenchReport, ModelError> {
+    let iters = iters.max(1);
+    let mut nets = Vec::new();
+    for net in Net::ALL {
+        holistic.time_net(net)?;
+        let mut times = (0..iters).map(|_| holistic.time_net(net)).collect::<Result<Vec<_>, _>>()?;
+        nets.push((net, median(&mut times)));
+    }
+
+    let parts = Parts::default();
+    let mut static_times = Vec::new();
+    let mut stages: [Vec<f64>; 6] = Default::default();
+    let mut tracking_times = Vec::new();
+    for image in images {
+        let opts = ProcessOptions { mode: Mode::Static, parts, timestamp_us: 0 };
+        holistic.process(image, &opts, &mut TrackingState::default())?;
+        for _ in 0..iters {
+            let r = holistic.process(image, &opts, &mut TrackingState::default())?;
+            static_times.push(r.timings.total);
+            let t = r.timings;
+            for (v, s) in [t.pose_detection, t.pose_landmark, t.face_detection, t.face_landmark, t.hand_recrop, t.hand_landmark]
+                .into_iter()
+                .zip(&mut stages)
+            {
+                s.push(v);
+            }
+        }
+        let mut state = TrackingState::default();
+        for i in 0..=iters {
+            let opts = ProcessOptions { mode: Mode::Tracking, parts, timestamp_us: i as i64 * super::parity::FRAME_STEP_US };
+            let r = holistic.process(image, &opts, &mut state)?;
+            if i > 0 {
+                tracking_times.push(r.timings.total);
+            }
+        }
+    }
+    let [a, b, c, d, e, f] = stages.map(|mut s| median(&mut s));
+    Ok(BenchReport {
+        nets,
+        static_frame: median(&mut static_times),
+        tracking_frame: median(&mut tracking_times),
+        static_stages: super::StageTimings {
+            pose_detection: a,
+            pose_landmark: b,
+            face_detection: c,
+            face_landmark: d,
+            hand_recrop: e,
+            hand_landmark: f,
+            total: f64::NAN,
+        },
+        images: images.len(),
+        iters,
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} images, {} iterations each; medians in ms; ratio = ours / MediaPipe", self.images, self.iters)?;
+        writeln!(f, "{:<28} {:>9} {:>10} {:>7}", "net (forward only)", "ours", "mediapipe", "ratio")?;
+        for (net, ms) in &self.nets {
+            match mediapipe_net_ms(*net) {
+                Some(mp) => writeln!(f, "{:<28} {:>9.2} {:>10.2} {:>6.1}x", net.name(), ms, mp, ms / mp)?,
+                None => writeln!(f, "{:<28} {:>9.2} {:>10} {:>7}", net.name(), ms, "-", "-")?,
+            }
+        }
+        let s = &self.static_stages;
+        writeln!(
+            f,
+            "static stages (crop+net+decode, 0 = not run): pose_detection {:.2}, pose_landmark {:.2}, face_detection {:.2}, face_landmark {:.2}, hand_recrop {:.2}, hand_landmark {:.2}",
+            s.pose_detection, s.pose_landmark, s.face_detection, s.face_landmark, s.hand_recrop, s.hand_landmark
+        )?;
+        writeln!(f, "{:<28} {:>9} {:>10} {:>7}", "frame", "ours", "mediapipe", "ratio")?;
+        writeln!(
+            f,
+            "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
+            "static",
+            self.static_frame,
+            MEDIAPIPE_STATIC_MS,
+            self.static_frame / MEDIAPIPE_STATIC_MS
+        )?;
+        write!(
+            f,
+            "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
+            "tracking",
+            self.tracking_frame,
+            MEDIAPIPE_TRACKING_MS,
+            self.tracking_frame / MEDIAPIPE_TRACKING_MS
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(super::median(&mut []).is_nan());
+    }
+}

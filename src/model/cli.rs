@@ -1,0 +1,144 @@
+//! The model commands of the `holistream` binary: `infer`, `parity`, `bench`.
+//! `main.rs` only parses arguments and calls these.
+
+use super::{Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, decode_image, draw, parity};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+
+/// Default test data, relative to the repository root (as in CI).
+const TESTDATA: &str = "../shared/testdata";
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ModeArg {
+    Static,
+    Tracking,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Static => Mode::Static,
+            ModeArg::Tracking => Mode::Tracking,
+        }
+    }
+}
+
+/// `holistream infer IMAGE...`: prints one JSON result per image, one per line.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// JPEG or PNG files; in tracking mode they are frames of one stream, in order.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "static")]
+    pub mode: ModeArg,
+    /// Parts to compute, comma separated.
+    #[arg(long, default_value = "pose,face,hands")]
+    pub parts: Parts,
+    /// Write the image with landmarks and connections drawn (PNG); with several
+    /// images, `-N` is appended to the file stem for the N-th.
+    #[arg(long)]
+    pub draw: Option<PathBuf>,
+}
+
+/// `holistream parity DIR`: compares with MediaPipe's golden outputs; exits
+/// non-zero when a threshold is missed.
+#[derive(Debug, clap::Args)]
+pub struct ParityArgs {
+    /// Folder with `images/` and `golden/` (the format of ../shared/testdata).
+    #[arg(default_value = TESTDATA)]
+    pub dir: PathBuf,
+    /// Largest mean landmark error per part, as a fraction of the part's diagonal.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_mean_err: f64,
+    /// Also check tracking mode on this MJPEG clip…
+    #[arg(long, requires = "golden_video")]
+    pub video: Option<PathBuf>,
+    /// …against its tracking-mode golden JSON.
+    #[arg(long, requires = "video")]
+    pub golden_video: Option<PathBuf>,
+    /// Largest share of clip frames whose presence may differ, per part.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_presence_mismatch: f64,
+}
+
+/// `holistream bench`: per-net and per-frame medians beside MediaPipe's.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Images to run (default: the photos of ../shared/testdata/images).
+    #[arg(long, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// Iterations per net and per image and mode.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+}
+
+fn load_image(path: &Path) -> anyhow::Result<image::RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_image(&bytes).with_context(|| format!("decoding {}", path.display()))
+}
+
+fn load_holistic() -> anyhow::Result<Holistic> {
+    Holistic::load_default().context("loading the nets")
+}
+
+pub fn infer(args: &InferArgs) -> anyhow::Result<()> {
+    let holistic = load_holistic()?;
+    let mut state = TrackingState::default();
+    for (i, path) in args.images.iter().enumerate() {
+        let image = load_image(path)?;
+        let opts = ProcessOptions {
+            mode: args.mode.into(),
+            parts: args.parts,
+            timestamp_us: i as i64 * parity::FRAME_STEP_US,
+        };
+        let result = holistic.process(&image, &opts, &mut state)?;
+        println!("{}", serde_json::to_string(&result)?);
+        if let Some(out) = &args.draw {
+            let out = if args.images.len() == 1 { out.clone() } else { numbered(out, i) };
+            draw::draw(&image, &result).save(&out).with_context(|| format!("writing {}", out.display()))?;
+            tracing::info!(path = %out.display(), "drawn");
+        }
+    }
+    Ok(())
+}
+
+fn numbered(path: &Path, i: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    path.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
+    let holistic = load_holistic()?;
+    let thresholds = parity::Thresholds { max_mean_err: args.max_mean_err };
+    let report = parity::check_dir(&holistic, &args.dir, thresholds)?;
+    println!("{report}");
+    let mut failed = !report.passed();
+    if let (Some(video), Some(golden)) = (&args.video, &args.golden_video) {
+        let clip = parity::check_clip(&holistic, video, golden, thresholds, args.max_presence_mismatch)?;
+        println!("{clip}");
+        failed |= !clip.failures().is_empty();
+    }
+    if failed {
+        bail!("parity thresholds missed");
+    }
+    Ok(())
+}
+
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let paths = if args.images.is_empty() {
+        let dir = Path::new(TESTDATA).join("images");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        v
+    } else {
+        args.images.clone()
+    };
+    let images = paths.iter().map(|p| load_image(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let holistic = load_holistic()?;
+    println!("{}", bench::run(&holistic, &images, args.iters)?);
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `infer --draw`: the image with the landmarks and MediaPipe's connections drawn.
+//!
+//! The connection lists are MediaPipe's (`mediapipe/python/solutions/*_connections.py`,
+//! 0.10.14, Apache-2.0), the same pairs as `web/connections.js`; the face is
+//! drawn with its contours (lips, eyes, eyebrows, oval), not the full tessellation.
+
+use super::result::{HolisticResult, Landmark};
+use image::{Rgb, RgbImage};
+use imageproc::drawing::{draw_filled_circle_mut, draw_line_segment_mut};
+
+/// Pose skeleton: pairs of indices into the 33 pose landmarks.
+pub const POSE_CONNECTIONS: [(usize, usize); 35] = [
+    (0, 1), (1, 2), (2, 3), (3, 7), (0, 4), (4, 5), (5, 6), (6, 8), (9, 10), (11, 12),
+    (11, 13), (13, 15), (15, 17), (15, 19), (15, 21), (17, 19), (12, 14), (14, 16), (16, 18), (16, 20),
+    (16, 22), (18, 20), (11, 23), (12, 24), (23, 24), (23, 25), (24, 26), (25, 27), (26, 28), (27, 29),
+    (28, 30), (29, 31), (30, 32), (27, 31), (28, 32),
+];
+
+/// Hand bones: pairs of indices into the 21 hand landmarks.
+pub const HAND_CONNECTIONS: [(usize, usize); 21] = [
+    (0, 1), (0, 5), (9, 13), (13, 17), (5, 9), (0, 17), (1, 2), (2, 3), (3, 4), (5, 6),
+    (6, 7), (7, 8), (9, 10), (10, 11), (11, 12), (13, 14), (14, 15), (15, 16), (17, 18), (18, 19),
+    (19, 20),
+];
+
+/// Face contours: pairs of indices into the 468 face landmarks.
+pub const FACE_CONTOURS: [(usize, usize); 124] = [
+    (270, 409), (317, 402), (81, 82), (91, 181), (37, 0), (84, 17), (269, 270), (321, 375), (318, 324), (312, 311),
+    (415, 308), (17, 314), (61, 146), (78, 95), (0, 267), (82, 13), (314, 405), (178, 87), (267, 269), (61, 185),
+    (14, 317), (88, 178), (185, 40), (405, 321), (13, 312), (324, 308), (409, 291), (146, 91), (87, 14), (78, 191),
+    (95, 88), (311, 310), (39, 37), (40, 39), (402, 318), (191, 80), (80, 81), (310, 415), (181, 84), (375, 291),
+    (374, 380), (390, 373), (249, 390), (385, 384), (373, 374), (263, 466), (387, 386), (381, 382), (384, 398), (466, 388),
+    (386, 385), (388, 387), (263, 249), (380, 381), (398, 362), (382, 362), (334, 296), (276, 283), (293, 334), (295, 285),
+    (296, 336), (282, 295), (283, 282), (300, 293), (154, 155), (33, 7), (246, 161), (159, 158), (144, 145), (173, 133),
+    (158, 157), (163, 144), (153, 154), (7, 163), (161, 160), (157, 173), (33, 246), (160, 159), (145, 153), (155, 133),
+    (46, 53), (66, 107), (52, 65), (53, 52), (63, 105), (70, 63), (65, 55), (105, 66), (176, 149), (297, 332),
+    (150, 136), (109, 10), (356, 454), (58, 132), (152, 148), (361, 288), (162, 21), (251, 389), (132, 93), (10, 338),
+    (389, 356), (284, 251), (400, 377), (136, 172), (377, 152), (323, 361), (54, 103), (21, 54), (172, 58), (67, 109),
+    (454, 323), (365, 379), (379, 378), (148, 176), (93, 234), (332, 284), (397, 365), (338, 297), (149, 150), (288, 397),
+    (234, 127), (103, 67), (378, 400), (127, 162),
+];
+
+const POSE_COLOUR: Rgb<u8> = Rgb([255, 255, 255]);
+const POSE_POINT: Rgb<u8> = Rgb([255, 48, 48]);
+const FACE_COLOUR: Rgb<u8> = Rgb([192, 192, 192]);
+const LEFT_HAND_COLOUR: Rgb<u8> = Rgb([48, 255, 48]);
+const RIGHT_HAND_COLOUR: Rgb<u8> = Rgb([48, 128, 255]);
+
+/// Draws `result` onto a copy of `image`; line width and point size follow the image size.
+pub fn draw(image: &RgbImage, result: &HolisticResult) -> RgbImage {
+    let mut out = image.clone();
+    let (w, h) = (image.width() as f32, image.height() as f32);
+    let radius = ((w.max(h) / 300.0).round() as i32).max(2);
+    let px = |x: f32, y: f32| (x * w, y * h);
+    let xy = |l: &Landmark| px(l.x, l.y);
+
+    let pose: Vec<(f32, f32)> = result.pose.iter().map(|l| px(l.x, l.y)).collect();
+    lines(&mut out, &pose, &POSE_CONNECTIONS, POSE_COLOUR);
+    let face: Vec<(f32, f32)> = result.face.iter().map(xy).collect();
+    lines(&mut out, &face, &FACE_CONTOURS, FACE_COLOUR);
+    for (hand, colour) in [(&result.left_hand, LEFT_HAND_COLOUR), (&result.right_hand, RIGHT_HAND_COLOUR)] {
+        let pts: Vec<(f32, f32)> = hand.iter().map(xy).collect();
+        lines(&mut out, &pts, &HAND_CONNECTIONS, colour);
+        points(&mut out, &pts, radius, colour);
+    }
+    points(&mut out, &pose, radius, POSE_POINT);
+    out
+}
+
+fn lines(img: &mut RgbImage, pts: &[(f32, f32)], pairs: &[(usize, usize)], colour: Rgb<u8>) {
+    for &(a, b) in pairs {
+        if let (Some(&p), Some(&q)) = (pts.get(a), pts.get(b)) {
+            draw_line_segment_mut(img, p, q, colour);
+        }
+    }
+}
+
+fn points(img: &mut RgbImage, pts: &[(f32, f32)], radius: i32, colour: Rgb<u8>) {
+    for &(x, y) in pts {
+        if x.is_finite() && y.is_finite() {
+            draw_filled_circle_mut(img, (x as i32, y as i32), radius, colour);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_index_inside_their_parts() {
+        assert!(POSE_CONNECTIONS.iter().all(|&(a, b)| a < 33 && b < 33));
+        assert!(HAND_CONNECTIONS.iter().all(|&(a, b)| a < 21 && b < 21));
+        assert!(FACE_CONTOURS.iter().all(|&(a, b)| a < 468 && b < 468));
+    }
+
+    #[test]
+    fn draws_on_a_copy_and_tolerates_off_image_points() {
+        let img = RgbImage::new(40, 40);
+        let mut r = HolisticResult::default();
+        r.left_hand = vec![Landmark { x: 0.5, y: 0.5, z: 0.0 }; 21];
+        r.left_hand[1] = Landmark { x: 2.0, y: -1.0, z: 0.0 };
+        let out = draw(&img, &r);
+        assert_eq!(out.get_pixel(20, 20), &LEFT_HAND_COLOUR);
+        assert_eq!(img.get_pixel(20, 20), &Rgb([0, 0, 0]));
+    }
+}

@@ -1,0 +1,272 @@
+//! The Holistic graph, stage by stage (HOLISTIC_SPEC.md §10): pose, then face
+//! and hands from the pose. Each net is reached only through [`NetRunner`].
+
+use super::anchors::Anchor;
+use super::geometry::{ImageSize, NormRect};
+use super::nets::NetOutputs;
+use super::result::{HolisticResult, PoseLandmark, StageTimings, landmarks};
+use super::tracking::{TrackingState, choose_roi};
+use super::warp::{CropTransform, TensorSpec, WarpError, crop_to_tensor};
+use super::{Mode, ModelError, ProcessOptions, face, hands, pose};
+use holistream_nets::{Net, NetRunner};
+use image::RgbImage;
+use std::cell::RefCell;
+use std::time::Instant;
+
+/// MediaPipe Holistic around one set of nets. One per worker thread: it is
+/// `Send` but not `Sync` (the nets and the tensor buffer are used in place).
+/// It holds no per-stream state; that lives in the caller's [`TrackingState`].
+pub struct Holistic {
+    nets: Box<dyn NetRunner>,
+    pose_anchors: Vec<Anchor>,
+    face_anchors: Vec<Anchor>,
+    /// The input tensor, reused across nets and frames (largest: 256×256×3).
+    tensor: RefCell<Vec<f32>>,
+}
+
+impl Holistic {
+    /// The shipped nets (weights embedded in the binary) on the default
+    /// backend: burn's CPU `flex`, or the GPU backend a cargo feature selects.
+    pub fn load_default() -> Result<Holistic, ModelError> {
+        Ok(Holistic::new(Box::new(holistream_nets::BurnNets::load_default_device()?)))
+    }
+
+    /// Wraps a set of nets.
+    pub fn new(nets: Box<dyn NetRunner>) -> Holistic {
+        Holistic {
+            nets,
+            pose_anchors: pose::anchors(),
+            face_anchors: face::anchors(),
+            tensor: RefCell::new(Vec::with_capacity(256 * 256 * 3)),
+        }
+    }
+
+    /// Runs the graph on one RGB frame.
+    ///
+    /// In [`Mode::Tracking`] the pose ROI, the pose filters and the previous
+    /// face and hands come from `state` and are written back for the next
+    /// frame; in [`Mode::Static`] `state` is neither read nor written.
+    /// Parts switched off in `opts.parts` are not computed; the pose runs
+    /// whenever any part is on, since face and hands are found from it.
+    pub fn process(
+        &self,
+        image: &RgbImage,
+        opts: &ProcessOptions,
+        state: &mut TrackingState,
+    ) -> Result<HolisticResult, ModelError> {
+        let start = Instant::now();
+        let (width, height) = image.dimensions();
+        if width == 0 || height == 0 {
+            return Err(ModelError::EmptyImage);
+        }
+        let size = ImageSize { width, height };
+        let tracking = opts.mode == Mode::Tracking;
+        let parts = opts.parts;
+        let mut timings = StageTimings::default();
+        let mut result = HolisticResult::default();
+
+        let pose = if parts.pose || parts.face || parts.hands {
+            self.pose(image, size, tracking, opts.timestamp_us, state, &mut timings)?
+        } else {
+            None
+        };
+        let Some(pose) = pose else {
+            if tracking {
+                // No pose: MediaPipe resets the filters and the face and hand
+                // loops see nothing on the next frame.
+                *state = TrackingState::default();
+            }
+            timings.total = ms_since(start);
+            result.timings = timings;
+            return Ok(result);
+        };
+
+        if parts.pose {
+            result.pose = pose
+                .body
+                .iter()
+                .map(|l| PoseLandmark { x: l.x, y: l.y, z: l.z, visibility: l.visibility })
+                .collect();
+        }
+
+        let face = if parts.face {
+            let prev = if tracking { state.face.take() } else { None };
+            self.face(image, size, &pose.body, prev.as_deref(), &mut timings)?
+        } else {
+            None
+        };
+        if let Some(f) = &face {
+            result.face = landmarks(f);
+        }
+
+        let mut found_hands: [Option<Vec<[f32; 3]>>; 2] = [None, None];
+        if parts.hands {
+            for (k, side) in hands::Side::BOTH.into_iter().enumerate() {
+                let prev = if tracking { state.hands[k].take() } else { None };
+                found_hands[k] = self.hand(image, size, &pose.body, side, prev.as_deref(), &mut timings)?;
+            }
+            result.left_hand = found_hands[0].as_deref().map(landmarks).unwrap_or_default();
+            result.right_hand = found_hands[1].as_deref().map(landmarks).unwrap_or_default();
+        }
+
+        if tracking {
+            state.face = face;
+            state.hands = found_hands;
+        }
+        timings.total = ms_since(start);
+        result.timings = timings;
+        Ok(result)
+    }
+
+    /// §2–5 and §8: the pose, smoothed in tracking mode.
+    fn pose(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        tracking: bool,
+        timestamp_us: i64,
+        state: &mut TrackingState,
+        timings: &mut StageTimings,
+    ) -> Result<Option<pose::PoseLandmarks>, ModelError> {
+        let tracked_roi = if tracking { state.pose_roi.take() } else { None };
+        let roi = match tracked_roi {
+            Some(roi) => Some(roi),
+            None => {
+                let t = Instant::now();
+                let roi = self.detect_pose(image, size)?;
+                timings.pose_detection = ms_since(t);
+                roi
+            }
+        };
+        let Some(roi) = roi else { return Ok(None) };
+
+        let t = Instant::now();
+        let found = match self.run(Net::PoseLandmark, image, Some(&roi), &pose::LANDMARK_TENSOR)? {
+            Some((outs, crop)) => {
+                let (lms, flag, heatmap) = pose::landmark_outputs(&outs)?;
+                pose::decode_landmarks(lms, flag, heatmap, &roi, &crop)
+            }
+            None => None,
+        };
+        timings.pose_landmark = ms_since(t);
+        let Some(mut found) = found else { return Ok(None) };
+
+        if tracking {
+            let filters = state.pose_filters.get_or_insert_with(Default::default);
+            filters.apply(&mut found.body, &mut found.aux, timestamp_us, size);
+            state.pose_roi = Some(pose::aux_to_roi(&found.aux, size));
+        }
+        Ok(Some(found))
+    }
+
+    fn detect_pose(&self, image: &RgbImage, size: ImageSize) -> Result<Option<NormRect>, ModelError> {
+        let Some((outs, crop)) = self.run(Net::PoseDetection, image, None, &pose::DETECTION_TENSOR)? else {
+            return Ok(None);
+        };
+        let (boxes, scores) = pose::detection_outputs(&outs)?;
+        Ok(pose::best_detection(boxes, scores, &self.pose_anchors, &crop).map(|d| pose::detection_to_roi(&d, size)))
+    }
+
+    /// §6: face detection inside the pose's head ROI, then the landmark net
+    /// on the re-crop (or previous frame's) ROI.
+    fn face(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        body: &[pose::RawLandmark],
+        prev: Option<&[[f32; 3]]>,
+        timings: &mut StageTimings,
+    ) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
+        let t = Instant::now();
+        let coarse = face::roi_from_pose(body, size);
+        let detection = match self.run(Net::FaceDetection, image, Some(&coarse), &face::DETECTION_TENSOR)? {
+            Some((outs, crop)) => {
+                let (regressors, scores) = face::detection_outputs(&outs)?;
+                face::best_detection(regressors, scores, &self.face_anchors, &crop, size)
+            }
+            None => None,
+        };
+        timings.face_detection = ms_since(t);
+        let Some(detection) = detection else { return Ok(None) };
+
+        let t = Instant::now();
+        let recrop = face::roi_from_detection(&detection, size);
+        let prev = prev.map(|lms| (face::roi_from_landmarks(lms, size), lms));
+        let roi = choose_roi(recrop, prev, &face::TRACKING, size);
+        let found = match self.run(Net::FaceLandmark, image, Some(&roi), &face::LANDMARK_TENSOR)? {
+            Some((outs, _)) => {
+                let (lms, flag) = face::landmark_outputs(&outs)?;
+                face::decode_landmarks(lms, flag, &roi)
+            }
+            None => None,
+        };
+        timings.face_landmark = ms_since(t);
+        Ok(found)
+    }
+
+    /// §7: one hand: pose ROI, re-crop net, tracking choice, landmark net.
+    fn hand(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        body: &[pose::RawLandmark],
+        side: hands::Side,
+        prev: Option<&[[f32; 3]]>,
+        timings: &mut StageTimings,
+    ) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
+        let Some(coarse) = hands::roi_from_pose(body, side, size) else { return Ok(None) };
+        let t = Instant::now();
+        let recrop = match self.run(Net::HandRecrop, image, Some(&coarse), &hands::RECROP_TENSOR)? {
+            Some((outs, crop)) => Some(hands::roi_from_recrop(hands::recrop_outputs(&outs)?, &coarse, &crop, size)),
+            None => None,
+        };
+        timings.hand_recrop += ms_since(t);
+        let Some(recrop) = recrop else { return Ok(None) };
+
+        let t = Instant::now();
+        let prev = prev.map(|lms| (hands::roi_from_landmarks(lms, size), lms));
+        let roi = choose_roi(recrop, prev, &hands::TRACKING, size);
+        let found = match self.run(Net::HandLandmark, image, Some(&roi), &hands::LANDMARK_TENSOR)? {
+            Some((outs, crop)) => {
+                let (lms, flag) = hands::landmark_outputs(&outs)?;
+                hands::decode_landmarks(lms, flag, &roi, &crop)
+            }
+            None => None,
+        };
+        timings.hand_landmark += ms_since(t);
+        Ok(found)
+    }
+
+    /// Crops `rect` for `net` and runs it. `None` when the ROI is degenerate
+    /// (zero or non-finite size): MediaPipe produces no tensor then, and the
+    /// part is absent this frame.
+    fn run(
+        &self,
+        net: Net,
+        image: &RgbImage,
+        rect: Option<&NormRect>,
+        spec: &TensorSpec,
+    ) -> Result<Option<(NetOutputs, CropTransform)>, ModelError> {
+        let mut tensor = self.tensor.borrow_mut();
+        let crop = match crop_to_tensor(image, rect, spec, &mut tensor) {
+            Ok(crop) => crop,
+            Err(WarpError::EmptyRoi) => return Ok(None),
+            Err(WarpError::EmptyImage) => return Err(ModelError::EmptyImage),
+        };
+        let tensors = self.nets.run(net, &tensor)?;
+        Ok(Some((NetOutputs { net, tensors }, crop)))
+    }
+
+    /// Runs one net on a mid-grey input: the per-net timing the bench reports.
+    pub fn time_net(&self, net: Net) -> Result<f64, ModelError> {
+        let (h, w) = net.input_size();
+        let input = vec![0.5f32; h * w * 3];
+        let t = Instant::now();
+        self.nets.run(net, &input)?;
+        Ok(ms_since(t))
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
