@@ -1,0 +1,49 @@
+//! `GET /ws`: admission, then the upgrade into a [`SessionActor`].
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+
+use super::{AppState, Error};
+use crate::actors::SessionActor;
+
+/// Upgrades an authorised request to a WebSocket served by a new session
+/// actor.
+///
+/// Refusals, before any upgrade: 403 from a foreign `Origin`, 401 without a
+/// valid session cookie, 503 when the session store cannot tell, when the
+/// server is shutting down, or when it holds `server.max_sessions` sessions.
+pub async fn ws_route(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let session = state.authorize_ws(&req).await?;
+    let ticket = state.sessions.try_open().map_err(|full| {
+        tracing::warn!(%session, max = full.max, "WebSocket refused: at max sessions");
+        Error::AtCapacity
+    })?;
+    let conn = ticket.conn();
+    let cfg = Arc::new(state.config.session.clone());
+    let max_message_bytes = cfg.max_message_bytes;
+    let store = state.store.clone();
+    let actor = SessionActor::new(session, ticket, cfg, state.pool.clone(), state.metrics.clone())
+        .close_when(
+            state.shutdown.clone().cancelled_owned(),
+            ws::CloseCode::Away,
+            "server shutting down",
+        )
+        .close_when(
+            async move { store.wait_until_invalid(session).await },
+            ws::CloseCode::Policy,
+            "session ended (logged out or expired)",
+        );
+    let registry = state.sessions.clone();
+    let (addr, response) = ws::WsResponseBuilder::new(actor, &req, stream)
+        .frame_size(max_message_bytes)
+        .start_with_addr()
+        .map_err(|e| Error::BadRequest(format!("WebSocket handshake failed: {e}")))?;
+    registry.attach(conn, addr.recipient());
+    Ok(response)
+}
