@@ -59,6 +59,9 @@ pub struct ParityArgs {
     /// Largest share of clip frames whose presence may differ, per part.
     #[arg(long, default_value_t = 0.05)]
     pub max_presence_mismatch: f64,
+    /// Compare only the first N frames of the clip.
+    #[arg(long)]
+    pub video_frames: Option<usize>,
 }
 
 /// `holistream bench`: per-net and per-frame medians beside MediaPipe's.
@@ -115,7 +118,8 @@ pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
     println!("{report}");
     let mut failed = !report.passed();
     if let (Some(video), Some(golden)) = (&args.video, &args.golden_video) {
-        let clip = parity::check_clip(&holistic, video, golden, thresholds, args.max_presence_mismatch)?;
+        let clip =
+            parity::check_clip(&holistic, video, golden, thresholds, args.max_presence_mismatch, args.video_frames)?;
         println!("{clip}");
         failed |= !clip.failures().is_empty();
     }
