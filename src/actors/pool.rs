@@ -290,8 +290,11 @@ impl InferencePool {
                 .map_err(|message| PoolError::Model { worker: wid, message })?;
         }
 
+        let worker_builder: Box<
+            dyn ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>>,
+        > = Box::new(InferenceWorkerBuilder::new(shared.clone(), threads));
         let args = FactoryArguments::builder()
-            .worker_builder(Box::new(InferenceWorkerBuilder::new(shared.clone(), threads)))
+            .worker_builder(worker_builder)
             .num_initial_workers(cfg.workers)
             .router(Default::default())
             .queue(Default::default())

