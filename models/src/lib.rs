@@ -61,6 +61,8 @@ pub enum NetError {
     InputSize { net: Net, expected: usize, got: usize },
     #[error("loading {net:?} weights failed: {message}")]
     Load { net: Net, message: String },
+    #[error("reading {net:?} outputs failed: {message}")]
+    Output { net: Net, message: String },
 }
 
 /// Runs the nets. One instance per worker; `run` takes `&self` and is not
@@ -68,3 +70,8 @@ pub enum NetError {
 pub trait NetRunner: Send {
     fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError>;
 }
+
+mod burn_nets;
+pub mod generated;
+
+pub use burn_nets::{BurnNets, preferred_device};
