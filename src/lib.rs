@@ -5,7 +5,16 @@
 //! - [`actors`]: per-client session actors and the supervised inference pool.
 //! - [`http`]: actix-web server: auth, session store (in memory, mirrored in Redis),
 //!   WebSocket endpoint, metrics, static web demo.
+//! - [`loadgen`]: `holistream loadgen`, real WebSocket clients that measure a server.
+//! - [`config`]: the one `Config` of `serve` (file, environment, flags).
+//! - [`worker`]: `holistream worker`, remote inference over Redis Streams for
+//!   `serve --pool redis` gateways (the gateway side is [`actors::remote`]).
+//! - [`healthcheck`]: `holistream healthcheck`, the container's liveness probe.
 
 pub mod actors;
+pub mod config;
+pub mod healthcheck;
 pub mod http;
+pub mod loadgen;
 pub mod model;
+pub mod worker;

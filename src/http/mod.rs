@@ -1,5 +1,248 @@
-//! The HTTP server.
+//! The HTTP server: actix-web in front of the session actors and the
+//! inference pool.
+//!
+//! Map of this module:
+//! - [`auth`]: entry-code login, session cookies, wrong-code rate limiter,
+//!   WebSocket admission ([`AppState::authorize_ws`]).
+//! - [`store`]: which sessions are valid; in memory, mirrored in Redis.
+//! - [`ws`]: the `/ws` upgrade into a session actor; [`admin`]: run-time
+//!   fault injection.
+//! - [`metrics`]: the Prometheus registry; [`error`]: the one HTTP error
+//!   type; [`shutdown`]: the signal that cancels the server's token.
+//!
+//! [`run`] wires them together and is what `holistream serve` and the
+//! integration tests call, on a listener they bound themselves.
 
+pub mod admin;
+pub mod auth;
+pub mod error;
 pub mod metrics;
+pub mod shutdown;
+pub mod store;
+pub mod ws;
 
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::ContentType;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::{InferencePool, SessionRegistry};
+use crate::config::{Config, PASSWORD_ENV};
+
+pub use auth::{Auth, LoginLimiter, SESSION_COOKIE};
+pub use error::Error;
 pub use metrics::Metrics;
+pub use store::{SessionStore, StoreSettings};
+
+/// Largest JSON body accepted by the auth and admin endpoints.
+const JSON_LIMIT_BYTES: usize = 4 * 1024;
+
+/// What every handler shares. Built once by [`run`].
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: SessionStore,
+    pub pool: InferencePool,
+    pub sessions: SessionRegistry,
+    pub metrics: Metrics,
+    /// Cancelled when the server shuts down; session actors close on it.
+    pub shutdown: CancellationToken,
+    pub auth: Auth,
+}
+
+/// Registers every route. The static web demo comes last: it answers every
+/// path the API does not.
+fn routes(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(JSON_LIMIT_BYTES)
+            .error_handler(|err, _req| {
+                Error::BadRequest(format!("invalid JSON body: {err}")).into()
+            }),
+    )
+    .service(
+        web::resource("/auth/code")
+            .route(web::get().to(auth::status))
+            .route(web::post().to(auth::login)),
+    )
+    .route("/auth/logout", web::post().to(auth::logout))
+    .route("/ws", web::get().to(ws::ws_route))
+    .route("/admin/faults", web::post().to(admin::set_faults))
+    .route("/metrics", web::get().to(metrics_route))
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz));
+    if web_dir.is_dir() {
+        cfg.service(actix_files::Files::new("/", web_dir).index_file("index.html"));
+    }
+}
+
+async fn metrics_route(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// Liveness: the process answers HTTP.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(r#"{"status":"ok"}"#)
+}
+
+/// Readiness: the pool is started (it is, once `run` serves requests), the
+/// server is not shutting down, and Redis answers when configured.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutdown.is_cancelled() {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"ready": false, "reason": "shutting down"}));
+    }
+    if let Err(e) = state.store.ping().await {
+        tracing::debug!(error = %e, "not ready: Redis unreachable");
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"ready": false, "reason": "session store unreachable"}));
+    }
+    HttpResponse::Ok().json(serde_json::json!({"ready": true}))
+}
+
+/// The entry code from the config, or a random one logged once.
+fn resolve_password(config: &Config) -> String {
+    match &config.auth.password {
+        Some(p) => p.clone(),
+        None => {
+            let p = uuid::Uuid::new_v4().simple().to_string();
+            tracing::warn!(
+                code = %p,
+                "{PASSWORD_ENV} is not set: generated this entry code for this run"
+            );
+            p
+        }
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then shuts down gracefully within
+/// `server.shutdown_timeout_ms`: stop accepting, let session actors close
+/// their WebSockets with a close frame (they watch the same token), drain the
+/// pool.
+///
+/// Must run inside an actix system (`#[actix_web::main]`,
+/// `actix_web::rt::System::new().block_on(..)`): session actors need one.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let addr = listener.local_addr().context("reading the listener's address")?;
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let password = resolve_password(&config);
+
+    let store = SessionStore::new(
+        StoreSettings {
+            ttl: config.session_ttl(),
+            redis_url: config.redis.url.clone(),
+            redis_timeout: Duration::from_millis(config.redis.timeout_ms),
+            recheck: Duration::from_millis(config.redis.recheck_ms),
+            key_prefix: config.redis.key_prefix.clone(),
+        },
+        metrics.clone(),
+    )
+    .context("setting up the session store")?;
+    if store.is_mirrored()
+        && let Err(e) = store.ping().await
+    {
+        // Not fatal: readiness reports it and the store reconnects by itself.
+        tracing::warn!(error = %e, "Redis unreachable at start-up; logins get 503 until it answers");
+    }
+
+    let pool = InferencePool::start(&config.pool, metrics.clone())
+        .await
+        .context("starting the inference pool")?;
+    let sessions = SessionRegistry::new(config.server.max_sessions, metrics.clone());
+    let limiter = LoginLimiter::new(
+        config.auth.max_failures,
+        Duration::from_secs(config.auth.failure_window_s),
+        config.auth.max_tracked_clients,
+    );
+    let state = web::Data::new(AppState {
+        config: config.clone(),
+        store: store.clone(),
+        pool: pool.clone(),
+        sessions: sessions.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
+        auth: Auth::new(password, config.server.secure_cookie, limiter),
+    });
+    let sweeper = store.spawn_sweeper(
+        Duration::from_millis(config.auth.sweep_interval_ms),
+        shutdown.clone(),
+    );
+
+    if !config.server.web_dir.is_dir() {
+        tracing::warn!(dir = %config.server.web_dir.display(), "web demo folder not found; serving the API only");
+    }
+    let web_dir = config.server.web_dir.clone();
+    // actix's own graceful timeout gets half the budget; the pool drain the
+    // rest.
+    let http_grace_s = (config.shutdown_timeout().as_secs() / 2).max(1);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(|cfg| routes(cfg, &web_dir))
+    })
+    .workers(config.server.http_workers)
+    .disable_signals()
+    .shutdown_signal(shutdown.clone().cancelled_owned())
+    .shutdown_timeout(http_grace_s)
+    .listen(listener)
+    .context("listening")?
+    .run();
+    tracing::info!(%addr, redis = store.is_mirrored(), workers = config.pool.workers, "serving");
+
+    // actix's graceful stop waits for open connections, so the WebSocket
+    // sessions must be told to close as soon as the token is cancelled, not
+    // after the server future returns.
+    let closer = {
+        let (sessions, shutdown) = (sessions.clone(), shutdown.clone());
+        actix_web::rt::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!(open = sessions.active(), "shutting down: closing sessions");
+            sessions.close_all();
+        })
+    };
+    let served = server.await;
+    // The server also ends when actix stops by itself; make sure every
+    // background loop sees it.
+    shutdown.cancel();
+    let _ = closer.await;
+    tracing::info!("HTTP server stopped; draining the pool");
+    let budget = config
+        .shutdown_timeout()
+        .saturating_sub(Duration::from_secs(http_grace_s))
+        .max(Duration::from_millis(100));
+    if tokio::time::timeout(budget, pool.shutdown()).await.is_err() {
+        tracing::warn!("inference pool did not drain within the shutdown timeout");
+    }
+    let _ = sweeper.await;
+    tracing::info!("shut down");
+    served.context("HTTP server failed")
+}
+
+/// `holistream serve`: loads the configuration, binds the listener and serves
+/// until ctrl-c or SIGTERM.
+pub fn serve(args: &crate::config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
+        .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
+    actix_web::rt::System::new().block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = actix_web::rt::spawn(shutdown::cancel_on_signal(shutdown.clone()));
+        let served = run(listener, config, shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = signals.await;
+        served
+    })
+}

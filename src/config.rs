@@ -1,0 +1,405 @@
+//! The one configuration of `holistream serve`.
+//!
+//! Loaded in this order, later sources overriding earlier ones: defaults, the
+//! TOML file given by `--config`, environment variables, command-line flags;
+//! then [`Config::validate`]. Secrets come from the environment only
+//! (`HOLISTREAM_PASSWORD`, `REDIS_URL`; the Redis URL may also be a flag): a
+//! config file gets committed, a flag shows in `ps`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actors::{PoolConfig, SessionConfig};
+
+/// Environment variable holding the entry code.
+pub const PASSWORD_ENV: &str = "HOLISTREAM_PASSWORD";
+/// Environment variable holding the Redis URL.
+pub const REDIS_URL_ENV: &str = "REDIS_URL";
+
+/// Errors of loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub redis: RedisConfig,
+    pub pool: PoolConfig,
+    pub session: SessionConfig,
+}
+
+/// The HTTP listener and what it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Most WebSocket sessions open at once; more are refused with 503.
+    pub max_sessions: usize,
+    /// Adds `Secure` to the session cookie (set it behind HTTPS).
+    pub secure_cookie: bool,
+    /// Origins allowed to open the WebSocket besides the server's own
+    /// (exact match, e.g. `https://demo.example`).
+    pub allowed_origins: Vec<String>,
+    /// Folder of the web demo, served at `/`.
+    pub web_dir: PathBuf,
+    /// Bound on the whole graceful shutdown, milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// actix-web worker threads (async I/O only; inference runs on the pool's
+    /// own threads).
+    pub http_workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_sessions: 64,
+            secure_cookie: false,
+            allowed_origins: Vec::new(),
+            web_dir: PathBuf::from("web"),
+            shutdown_timeout_ms: 10_000,
+            http_workers: 2,
+        }
+    }
+}
+
+/// Login and sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The entry code. Never read from or written to a file: set from
+    /// `HOLISTREAM_PASSWORD`, or generated and logged once at start-up.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Session lifetime, seconds.
+    pub session_ttl_s: u64,
+    /// Wrong codes allowed per client address per window.
+    pub max_failures: u32,
+    /// Rate-limit window, seconds.
+    pub failure_window_s: u64,
+    /// Most client addresses the rate limiter remembers.
+    pub max_tracked_clients: usize,
+    /// How often expired sessions are swept from memory, milliseconds.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password: None,
+            session_ttl_s: 12 * 3600,
+            max_failures: 5,
+            failure_window_s: 60,
+            max_tracked_clients: 10_000,
+            sweep_interval_ms: 30_000,
+        }
+    }
+}
+
+/// The optional Redis mirror of the session store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; from `REDIS_URL` or `--redis-url` only.
+    #[serde(skip)]
+    pub url: Option<String>,
+    /// Bound on one Redis round trip, milliseconds.
+    pub timeout_ms: u64,
+    /// Age after which a cached session is re-checked against Redis,
+    /// milliseconds; bounds how long a logout elsewhere goes unnoticed.
+    pub recheck_ms: u64,
+    /// Prefix of the keys (`<prefix>:session:<uuid>`).
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            timeout_ms: 250,
+            recheck_ms: 500,
+            key_prefix: "holistream".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing sections and keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Takes the secrets from the environment (an empty value counts as
+    /// unset).
+    pub fn apply_env(&mut self) {
+        let non_empty = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        if let Some(p) = non_empty(PASSWORD_ENV) {
+            self.auth.password = Some(p);
+        }
+        if let Some(u) = non_empty(REDIS_URL_ENV) {
+            self.redis.url = Some(u);
+        }
+    }
+
+    /// Checks the values together; the message names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.server.host.trim().is_empty() {
+            return bad("server.host is empty".into());
+        }
+        if self.server.max_sessions == 0 {
+            return bad("server.max_sessions must be at least 1".into());
+        }
+        if self.server.http_workers == 0 {
+            return bad("server.http_workers must be at least 1".into());
+        }
+        if self.server.shutdown_timeout_ms == 0 {
+            return bad("server.shutdown_timeout_ms must be positive".into());
+        }
+        for o in &self.server.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return bad(format!(
+                    "server.allowed_origins: {o:?} is not an origin like \"https://host:port\""
+                ));
+            }
+        }
+        if self.auth.session_ttl_s == 0 {
+            return bad("auth.session_ttl_s must be at least 1".into());
+        }
+        if self.auth.max_failures == 0 {
+            return bad("auth.max_failures must be at least 1".into());
+        }
+        if self.auth.failure_window_s == 0 {
+            return bad("auth.failure_window_s must be at least 1".into());
+        }
+        if self.auth.max_tracked_clients == 0 {
+            return bad("auth.max_tracked_clients must be at least 1".into());
+        }
+        if self.auth.sweep_interval_ms == 0 {
+            return bad("auth.sweep_interval_ms must be positive".into());
+        }
+        if let Some(p) = &self.auth.password
+            && p.is_empty()
+        {
+            return bad(format!("{PASSWORD_ENV} is set but empty"));
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://")
+                || url.starts_with("redis+unix://"))
+        {
+            // Do not echo the URL: it may hold a password.
+            return bad("the Redis URL must start with redis://, rediss:// or unix://".into());
+        }
+        if self.redis.timeout_ms == 0 {
+            return bad("redis.timeout_ms must be positive".into());
+        }
+        if self.redis.recheck_ms == 0 || self.redis.recheck_ms > 1_000 {
+            return bad(
+                "redis.recheck_ms must be in 1..=1000 (a logout elsewhere must be honoured within a second)"
+                    .into(),
+            );
+        }
+        self.pool.validate().map_err(ConfigError::Invalid)?;
+        self.session.validate().map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+
+    /// Session lifetime.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.auth.session_ttl_s)
+    }
+
+    /// Bound on the graceful shutdown.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+}
+
+/// Flags of `holistream serve`. Each flag also reads the environment variable
+/// named beside it; a flag given on the command line wins.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (sections: server, auth, redis, pool, session).
+    #[arg(long, env = "HOLISTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "HOLISTREAM_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (0: any free port).
+    #[arg(long, env = "HOLISTREAM_PORT")]
+    pub port: Option<u16>,
+    /// Redis URL of the session mirror; without it sessions stay in memory.
+    #[arg(long, env = REDIS_URL_ENV, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Inference workers (default: number of cores).
+    #[arg(long, env = "HOLISTREAM_WORKERS")]
+    pub workers: Option<usize>,
+    /// Fault injection, e.g. `panic=0.05,stall=0.01:2s,slow=0.1:50ms`.
+    #[arg(long, env = "HOLISTREAM_FAULTS")]
+    pub faults: Option<String>,
+    /// Folder of the web demo.
+    #[arg(long, env = "HOLISTREAM_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Mark the session cookie `Secure` (behind HTTPS).
+    #[arg(long)]
+    pub secure_cookie: bool,
+    /// Inference pool: `local` threads, or `redis` for `holistream worker`
+    /// processes reached through the Redis at `REDIS_URL`.
+    #[arg(long, env = "HOLISTREAM_POOL", value_enum)]
+    pub pool: Option<crate::actors::remote::PoolKind>,
+    /// This gateway's id with `--pool redis` (default: a fresh uuid).
+    #[arg(long, env = "HOLISTREAM_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then the environment, then these flags;
+    /// validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env();
+        if let Some(h) = &self.host {
+            config.server.host = h.clone();
+        }
+        if let Some(p) = self.port {
+            config.server.port = p;
+        }
+        if let Some(u) = &self.redis_url {
+            config.redis.url = Some(u.clone()).filter(|u| !u.is_empty());
+        }
+        if let Some(w) = self.workers {
+            config.pool.workers = w;
+        }
+        if let Some(f) = &self.faults {
+            config.pool.faults = f
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("--faults: {e}")))?;
+        }
+        if let Some(d) = &self.web_dir {
+            config.server.web_dir = d.clone();
+        }
+        if self.secure_cookie {
+            config.server.secure_cookie = true;
+        }
+        if let Some(kind) = self.pool {
+            config.pool.kind = kind;
+        }
+        if let Some(id) = &self.gateway_id {
+            config.pool.remote.gateway_id = Some(id.clone());
+        }
+        // The remote pool uses the same Redis as the session mirror.
+        config.pool.remote.redis_url = config.redis.url.clone();
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::default().server.port, 8080);
+        assert_eq!(Config::default().server.host, "127.0.0.1");
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("holistream.toml");
+        std::fs::write(
+            &path,
+            "[server]\nport = 9000\n[auth]\nsession_ttl_s = 60\n[redis]\nrecheck_ms = 250\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.server.port, 9000);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.auth.session_ttl_s, 60);
+        assert_eq!(c.auth.max_failures, 5);
+        assert_eq!(c.redis.recheck_ms, 250);
+    }
+
+    #[test]
+    fn secrets_are_not_read_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[auth]\npassword = \"hunter2\"\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("password"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typo.toml");
+        std::fs::write(&path, "[server]\nprot = 1\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.redis.recheck_ms = 5_000;
+        assert!(c.validate().unwrap_err().to_string().contains("redis.recheck_ms"));
+        let mut c = Config::default();
+        c.redis.url = Some("http://localhost:6379".into());
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("Redis URL") && !msg.contains("localhost"), "{msg}");
+        let mut c = Config::default();
+        c.server.allowed_origins = vec!["evil.example".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("allowed_origins"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nport = 9000\nhost = \"0.0.0.0\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            port: Some(0),
+            redis_url: Some("redis://127.0.0.1:7777/".into()),
+            ..ServeArgs::default()
+        };
+        let c = args.load().unwrap();
+        assert_eq!(c.server.port, 0);
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:7777/"));
+    }
+}
