@@ -98,7 +98,10 @@ struct WorkerContext {
 /// Runs the worker process until ctrl-c or SIGTERM.
 pub fn run(args: &WorkerArgs) -> Result<(), WorkerError> {
     let shutdown = CancellationToken::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One runtime thread of its own: the signal task must run while this
+    // thread blocks on the workers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(WorkerError::Runtime)?;
