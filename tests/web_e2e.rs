@@ -1,0 +1,496 @@
+//! The web demo end to end, in a real headless Chromium driven over WebDriver
+//! (`chromedriver` + fantoccini), against the real server with the real
+//! models and a real Redis.
+//!
+//! The fake camera plays an MJPEG clip that this test builds from the
+//! project's public-domain photos (`tests/fixtures/`), so it runs on a fresh
+//! clone. Chromium's fake camera shows 4:4:4 JPEG frames as a plain green
+//! picture without any error, hence the 4:2:0 encoder (`jpeg-encoder`; the
+//! `image` crate's encoder writes 4:4:4) and the test of the clip itself.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`;
+//! `CHROMIUM` / `CHROMEDRIVER` override the paths) and `redis-server`. The
+//! screenshot lands in `$HOLISTREAM_ARTIFACTS` or `target/artifacts/`.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, TestServer};
+use fantoccini::{Client, ClientBuilder, Locator};
+use image::{RgbImage, imageops};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "e2e-entry-code-7f3a";
+const CLIP_SIZE: (u32, u32) = (640, 480);
+/// Frames each photo stays on the fake camera (30 fps: one second each).
+const FRAMES_PER_PHOTO: usize = 30;
+/// The public-domain photos of the clip, each showing one person (pose and face).
+const CLIP_PHOTOS: [&str; 3] = ["astronaut.png", "obama.jpg", "grace_hopper.jpg"];
+/// Generous: the first results wait for the model workers and the browser's camera.
+const FIRST_RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------ the clip
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Scales `photo` to fit 640x480 and centres it on black, as a webcam frame.
+fn letterbox(photo: &RgbImage) -> RgbImage {
+    let (w, h) = CLIP_SIZE;
+    let scale = f64::min(w as f64 / photo.width() as f64, h as f64 / photo.height() as f64);
+    let sw = ((photo.width() as f64 * scale).round() as u32).clamp(1, w);
+    let sh = ((photo.height() as f64 * scale).round() as u32).clamp(1, h);
+    let scaled = imageops::resize(photo, sw, sh, imageops::FilterType::Triangle);
+    let mut frame = RgbImage::new(w, h);
+    imageops::replace(&mut frame, &scaled, ((w - sw) / 2) as i64, ((h - sh) / 2) as i64);
+    frame
+}
+
+/// One baseline JPEG with 4:2:0 chroma subsampling.
+fn encode_420(frame: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+    // Set explicitly: the encoder picks 4:4:4 by itself at quality >= 90.
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+    encoder
+        .encode(frame.as_raw(), frame.width() as u16, frame.height() as u16, jpeg_encoder::ColorType::Rgb)
+        .expect("encoding a clip frame");
+    out
+}
+
+/// Builds the fake camera's MJPEG clip (JPEG frames back to back) in `dir`.
+fn build_clip(dir: &Path) -> PathBuf {
+    let mut clip = Vec::new();
+    for name in CLIP_PHOTOS {
+        let path = fixtures().join(name);
+        let photo = image::open(&path)
+            .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
+            .to_rgb8();
+        let jpeg = encode_420(&letterbox(&photo));
+        for _ in 0..FRAMES_PER_PHOTO {
+            clip.extend_from_slice(&jpeg);
+        }
+    }
+    let path = dir.join("fake_camera.mjpeg");
+    std::fs::write(&path, &clip).expect("writing the clip");
+    path
+}
+
+/// What the start-of-frame segment of one JPEG says.
+#[derive(Debug, PartialEq)]
+struct FrameInfo {
+    /// SOF0: baseline DCT.
+    baseline: bool,
+    width: u16,
+    height: u16,
+    /// (horizontal, vertical) sampling factor per component.
+    sampling: Vec<(u8, u8)>,
+}
+
+/// Splits an MJPEG stream at its SOI markers and reads each frame's SOF
+/// segment (a small marker walk; the frames are our own encoder's output).
+/// Returns each frame's byte range and what its SOF says.
+fn clip_frames(clip: &[u8]) -> Vec<(std::ops::Range<usize>, FrameInfo)> {
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i + 1 < clip.len() {
+        let start = i;
+        assert_eq!(&clip[i..i + 2], &[0xFF, 0xD8], "frame at byte {i} does not start with SOI");
+        i += 2;
+        let mut info = None;
+        loop {
+            assert_eq!(clip[i], 0xFF, "expected a marker at byte {i}");
+            let marker = clip[i + 1];
+            let len = u16::from_be_bytes([clip[i + 2], clip[i + 3]]) as usize;
+            let seg = &clip[i + 4..i + 2 + len];
+            if matches!(marker, 0xC0..=0xC3) {
+                let n = seg[5] as usize;
+                info = Some(FrameInfo {
+                    baseline: marker == 0xC0,
+                    height: u16::from_be_bytes([seg[1], seg[2]]),
+                    width: u16::from_be_bytes([seg[3], seg[4]]),
+                    sampling: (0..n).map(|c| (seg[7 + 3 * c] >> 4, seg[7 + 3 * c] & 0x0F)).collect(),
+                });
+            }
+            i += 2 + len;
+            if marker == 0xDA {
+                break;
+            }
+        }
+        // Entropy-coded data up to EOI (0xFF 0xD9); stuffed 0xFF 0x00 and
+        // restart markers never look like EOI.
+        while !(clip[i] == 0xFF && clip[i + 1] == 0xD9) {
+            i += 1;
+        }
+        i += 2;
+        frames.push((start..i, info.expect("frame without a start-of-frame segment")));
+    }
+    frames
+}
+
+#[test]
+fn fake_camera_clip_is_baseline_420_at_640x480() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = std::fs::read(build_clip(dir.path())).unwrap();
+    let frames = clip_frames(&clip);
+    assert_eq!(frames.len(), CLIP_PHOTOS.len() * FRAMES_PER_PHOTO);
+    for (_, f) in &frames {
+        assert_eq!(
+            *f,
+            FrameInfo {
+                baseline: true,
+                width: 640,
+                height: 480,
+                // Y at 2x2, Cb and Cr at 1x1: 4:2:0.
+                sampling: vec![(2, 2), (1, 1), (1, 1)],
+            }
+        );
+    }
+    // One picture per photo, each a JPEG that decodes to a 640x480 frame.
+    let firsts: Vec<&[u8]> = (0..CLIP_PHOTOS.len())
+        .map(|p| &clip[frames[p * FRAMES_PER_PHOTO].0.clone()])
+        .collect();
+    assert!(firsts[0] != firsts[1] && firsts[1] != firsts[2] && firsts[0] != firsts[2]);
+    for jpeg in firsts {
+        let frame = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!((frame.width(), frame.height()), CLIP_SIZE);
+    }
+}
+
+#[test]
+fn letterbox_keeps_the_aspect_ratio_on_black() {
+    // A tall photo: bars left and right, content in the middle column.
+    let tall = RgbImage::from_pixel(300, 600, image::Rgb([200, 100, 50]));
+    let frame = letterbox(&tall);
+    assert_eq!(frame.dimensions(), CLIP_SIZE);
+    assert_eq!(frame.get_pixel(10, 240).0, [0, 0, 0]);
+    assert_eq!(frame.get_pixel(629, 240).0, [0, 0, 0]);
+    assert_eq!(frame.get_pixel(320, 240).0, [200, 100, 50]);
+    // 300x600 scaled by 0.8 is 240 wide: the bars are 200 pixels each.
+    assert_eq!(frame.get_pixel(201, 5).0, [200, 100, 50]);
+    assert_eq!(frame.get_pixel(198, 5).0, [0, 0, 0]);
+}
+
+// ------------------------------------------------------------ the browser
+
+fn tool(env: &str, default: &str) -> String {
+    let path = std::env::var(env).unwrap_or_else(|_| default.to_string());
+    assert!(
+        Path::new(&path).exists(),
+        "{path} not found: install Debian's chromium and chromium-driver (or set {env})"
+    );
+    path
+}
+
+/// A `chromedriver` child on a free port; killed on drop.
+struct ChromeDriver {
+    port: u16,
+    child: Child,
+}
+
+impl ChromeDriver {
+    fn spawn() -> ChromeDriver {
+        let bin = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
+        let port = common::free_port();
+        let child = Command::new(&bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let mut driver = ChromeDriver { port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        driver
+    }
+
+    async fn browser(&self, fake_camera: &Path) -> Client {
+        let chromium = tool("CHROMIUM", "/usr/bin/chromium");
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1280,1000",
+                    "--use-fake-ui-for-media-stream",
+                    "--use-fake-device-for-media-stream",
+                    format!("--use-file-for-fake-video-capture={}", fake_camera.display()),
+                ],
+            }),
+        );
+        ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("starting a Chromium session over WebDriver")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Evaluates `script` (which must `return` a value) until `done` accepts the
+/// value; returns it, or panics with `what` and the last value seen.
+async fn poll_js(client: &Client, timeout: Duration, what: &str, script: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = client.execute(script, vec![]).await.expect("running a script in the page");
+        if done(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last: {value}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_path(client: &Client, path: &str) {
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    loop {
+        let url = client.current_url().await.expect("reading the URL");
+        if url.path() == path {
+            return;
+        }
+        assert!(Instant::now() < deadline, "page stayed at {url}, expected path {path}");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The page's counters and the last result, as `window.holistream` exposes them.
+const PAGE_STATE: &str = r#"
+    const h = window.holistream;
+    if (!h) return null;
+    return {
+        connection: h.connection,
+        camera: h.camera,
+        stats: h.stats,
+        lastResult: h.lastResult,
+        connText: document.getElementById('conn-state').textContent,
+        errors: h.errors.map((e) => `[${e.source}] ${e.text}`),
+    };
+"#;
+
+/// Number of overlay pixels that are not fully transparent, and whether the
+/// overlay differs from a blank canvas of its size.
+const OVERLAY_PIXELS: &str = r#"
+    const overlay = document.getElementById('overlay');
+    const { width, height } = overlay;
+    const data = overlay.getContext('2d').getImageData(0, 0, width, height).data;
+    let drawn = 0;
+    for (let i = 3; i < data.length; i += 4) if (data[i] !== 0) drawn++;
+    const blank = document.createElement('canvas');
+    blank.width = width;
+    blank.height = height;
+    return { drawn, width, height, differsFromBlank: overlay.toDataURL() !== blank.toDataURL() };
+"#;
+
+fn landmark_counts_ok(result: &Value) -> bool {
+    let counts = &result["counts"];
+    let hand_ok = |v: &Value| v == 0 || v == 21;
+    counts["pose"] == 33 && counts["face"] == 468 && hand_ok(&counts["left_hand"]) && hand_ok(&counts["right_hand"])
+}
+
+fn artifacts_dir() -> PathBuf {
+    let dir = std::env::var_os("HOLISTREAM_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+            .join("artifacts")
+    });
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} not on the page: {e}"))
+        .text()
+        .await
+        .expect("reading an element's text")
+}
+
+/// The server, on a fixed address so a restart comes back where the page
+/// reconnects, and sharing one Redis so the browser's session survives it.
+async fn start_server(addr: Option<SocketAddr>, redis: &RedisServer) -> TestServer {
+    let mut config = common::test_config(PASSWORD);
+    config.redis.url = Some(redis.url());
+    let listener = match addr {
+        Some(addr) => TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebinding {addr}: {e}")),
+        None => TcpListener::bind("127.0.0.1:0").expect("binding a test port"),
+    };
+    TestServer::start_on(listener, config).await
+}
+
+#[actix_web::test]
+async fn web_demo_logs_in_streams_draws_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = build_clip(dir.path());
+    let redis = RedisServer::spawn();
+    let mut server = start_server(None, &redis).await;
+    let addr = server.addr;
+    let driver = ChromeDriver::spawn();
+    let client = driver.browser(&clip).await;
+
+    // Run the steps, then close the browser whatever happened, so a failed
+    // step does not leave a Chromium behind.
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        steps(&client, &mut server, addr, &redis),
+    ))
+    .await;
+    let _ = client.close().await;
+    drop(driver);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis: &RedisServer) {
+    // 1. The stream page without a session sends the visitor to the login page.
+    client.goto(&server.url("/stream.html")).await.unwrap();
+    wait_for_path(client, "/").await;
+    client.find(Locator::Id("login-form")).await.expect("the login form");
+
+    // The page's frame encoder and the server's parser agree on the header.
+    let bytes = client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               import('/protocol.js')
+                 .then((m) => done(Array.from(new Uint8Array(
+                   m.encodeFrame(0xDEADBEEF, 1700000000123.5, new Uint8Array([0xFF, 0xD8, 7, 9]).buffer)))))
+                 .catch((e) => done(String(e)));"#,
+            vec![],
+        )
+        .await
+        .expect("encoding a frame with the page's protocol.js");
+    let bytes: Vec<u8> = serde_json::from_value(bytes.clone()).unwrap_or_else(|_| panic!("protocol.js failed: {bytes}"));
+    let (header, jpeg) = holistream::actors::protocol::parse_frame(&bytes).expect("the server parses the page's frame");
+    assert_eq!((header.seq, header.capture_ts, jpeg), (0xDEAD_BEEF, 1_700_000_000_123.5, &[0xFF, 0xD8, 7, 9][..]));
+
+    // 2. A wrong password shows the server's own message (asked once here,
+    // once through the page: two of the five failures the limiter allows).
+    let mut resp = common::http_client()
+        .post(server.url("/auth/code"))
+        .send_json(&json!({ "code": "also-not-it" }))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let server_message = common::json_body(&mut resp).await["error"]
+        .as_str()
+        .expect("a 401 carries {\"error\": ...}")
+        .to_string();
+    client.find(Locator::Id("code")).await.unwrap().send_keys("wrong-password").await.unwrap();
+    client.find(Locator::Id("login-submit")).await.unwrap().click().await.unwrap();
+    let shown = poll_js(
+        client,
+        PAGE_TIMEOUT,
+        "the login error",
+        "const e = document.getElementById('login-error'); return e.hidden ? null : e.textContent;",
+        |v| v.is_string(),
+    )
+    .await;
+    assert_eq!(shown, server_message.as_str());
+    assert_eq!(client.current_url().await.unwrap().path(), "/");
+
+    // 3. The right password leads to the stream page, which starts streaming.
+    let code = client.find(Locator::Id("code")).await.unwrap();
+    code.clear().await.unwrap();
+    code.send_keys(PASSWORD).await.unwrap();
+    client.find(Locator::Id("login-submit")).await.unwrap().click().await.unwrap();
+    wait_for_path(client, "/stream.html").await;
+
+    // 4. Results arrive with MediaPipe's landmark counts.
+    let state = poll_js(client, FIRST_RESULT_TIMEOUT, "results with 33 pose and 468 face landmarks", PAGE_STATE, |s| {
+        s["stats"]["results"].as_u64().unwrap_or(0) >= 5 && landmark_counts_ok(&s["lastResult"])
+    })
+    .await;
+    assert_eq!(state["camera"], "live", "{state}");
+    assert_eq!(state["connection"], "open", "{state}");
+
+    // 5. The HUD shows a result rate and a latency.
+    let hud = poll_js(
+        client,
+        PAGE_TIMEOUT,
+        "non-zero results/s and a latency on the HUD",
+        r#"const t = (id) => document.getElementById(id).textContent;
+           return { resultFps: t('hud-result-fps'), sentFps: t('hud-sent-fps'), p50: t('hud-p50'), p95: t('hud-p95'),
+                    infer: t('hud-infer'), total: t('hud-total') };"#,
+        |h| {
+            let num = |k: &str| h[k].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            num("resultFps") > 0.0 && num("p50") > 0.0 && num("p95") >= num("p50")
+        },
+    )
+    .await;
+    println!(
+        "HUD: sent {} fps, results {} fps, latency p50 {} ms, p95 {} ms, server infer {} ms, total {} ms",
+        hud["sentFps"], hud["resultFps"], hud["p50"], hud["p95"], hud["infer"], hud["total"]
+    );
+
+    // 6. Landmarks are drawn: the overlay canvas is no longer blank.
+    let overlay = client.execute(OVERLAY_PIXELS, vec![]).await.unwrap();
+    assert!(overlay["differsFromBlank"] == true, "overlay is blank: {overlay}");
+    assert!(overlay["drawn"].as_u64().unwrap() > 1000, "too few overlay pixels: {overlay}");
+
+    // 7. The screenshot, kept as an artifact.
+    let shot = client.screenshot().await.expect("taking a screenshot");
+    let artifacts = artifacts_dir();
+    std::fs::write(artifacts.join("web_e2e.png"), &shot).unwrap();
+    std::fs::write(
+        artifacts.join("web_e2e_hud.json"),
+        serde_json::to_vec_pretty(&json!({ "hud": hud, "overlay": overlay })).unwrap(),
+    )
+    .unwrap();
+    println!("screenshot: {}", artifacts.join("web_e2e.png").display());
+
+    // 8. A server restart mid-stream: the page shows the disconnect,
+    // reconnects with backoff, and results resume.
+    let before = client.execute(PAGE_STATE, vec![]).await.unwrap();
+    let results_before = before["stats"]["results"].as_u64().unwrap();
+    let (outcome, _) = server.stop(Duration::from_secs(30));
+    outcome.expect("the server shuts down cleanly");
+    let down = poll_js(client, PAGE_TIMEOUT, "the page to show the disconnect", PAGE_STATE, |s| {
+        s["connection"] != "open" && s["connText"].as_str().is_some_and(|t| t.contains("disconnected") || t.contains("connecting"))
+    })
+    .await;
+    println!("during the restart the page shows: {}", down["connText"]);
+    *server = start_server(Some(addr), redis).await;
+    let after = poll_js(client, FIRST_RESULT_TIMEOUT, "results after the restart", PAGE_STATE, |s| {
+        s["connection"] == "open"
+            && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
+            && s["stats"]["results"].as_u64().unwrap_or(0) >= results_before + 5
+            && landmark_counts_ok(&s["lastResult"])
+    })
+    .await;
+    assert_eq!(client.current_url().await.unwrap().path(), "/stream.html", "the session survived the restart");
+    let shown_errors = after["errors"].as_array().unwrap();
+    assert!(
+        shown_errors.iter().any(|e| e.as_str().unwrap().contains("WebSocket closed")),
+        "the disconnect is listed among the page's errors: {after}"
+    );
+    let shot = client.screenshot().await.expect("taking a screenshot");
+    std::fs::write(artifacts.join("web_e2e_after_restart.png"), &shot).unwrap();
+    let conn = text_of(client, "#conn-state").await;
+    assert_eq!(conn, "connected");
+}
