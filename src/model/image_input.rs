@@ -42,12 +42,14 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageInputError> {
         .with_guessed_format()
         .map_err(|e| ImageInputError::Decode(e.to_string()))?;
     match reader.format() {
-        None => return Err(ImageInputError::UnknownFormat),
         // The JPEG decoder fills a cut-off scan with grey and reports success,
         // so truncation is checked here: the end-of-image marker must follow
         // the first scan (entropy-coded data never contains FF D9).
         Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => return Err(ImageInputError::Truncated),
-        Some(_) => {}
+        Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
+        // Only JPEG and PNG decoders are built in; other recognised formats
+        // (GIF, BMP, …) are as unsupported as garbage.
+        _ => return Err(ImageInputError::UnknownFormat),
     }
     // Read only the header to check the size.
     let (width, height) = ImageReader::new(Cursor::new(bytes))
