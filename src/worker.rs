@@ -250,7 +250,7 @@ fn worker_thread(
         let mut con = match connect(&ctx) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(consumer, error = %e, "cannot reach Redis; retrying");
+                tracing::warn!(consumer = %consumer, error = %e, "cannot reach Redis; retrying");
                 wait_or_stop(&ctx.shutdown, backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
@@ -266,7 +266,7 @@ fn worker_thread(
             sweeps: 0,
         };
         if let Err(e) = worker.serve(&mut con) {
-            tracing::warn!(consumer, error = %e, "Redis failed; reconnecting");
+            tracing::warn!(consumer = %consumer, error = %e, "Redis failed; reconnecting");
             wait_or_stop(&ctx.shutdown, backoff);
             continue;
         }
