@@ -159,7 +159,7 @@ impl Config {
     /// Takes the secrets from the environment (an empty value counts as
     /// unset).
     pub fn apply_env(&mut self) {
-        let non_empty = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         if let Some(p) = non_empty(PASSWORD_ENV) {
             self.auth.password = Some(p);
         }
