@@ -379,8 +379,11 @@ pub async fn next_text(conn: &mut WsConn, timeout: Duration) -> Option<String> {
     }
 }
 
-/// Text of a JSON response body.
-pub async fn json_body(resp: &mut awc::ClientResponse<impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin>) -> serde_json::Value {
+/// A response body parsed as JSON (panics, showing the text, if it is not).
+pub async fn json_body<S>(resp: &mut awc::ClientResponse<S>) -> serde_json::Value
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>,
+{
     let body = resp.body().await.expect("reading the body");
     serde_json::from_slice(&body)
         .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&body)))
