@@ -437,7 +437,9 @@ impl Actor for SessionActor {
             }
             .to_json(),
         );
-        for (signal, code, reason) in self.closers.drain(..) {
+        // Taken out first: `into_actor(self)` borrows the actor mutably.
+        let closers = std::mem::take(&mut self.closers);
+        for (signal, code, reason) in closers {
             ctx.spawn(signal.into_actor(self).map(move |(), act, ctx| {
                 tracing::info!(session = %act.session, reason, "closing session");
                 ctx.close(Some(ws::CloseReason {
