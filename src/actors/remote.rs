@@ -842,9 +842,11 @@ async fn read_results(shared: Arc<Shared>, client: redis::Client, shutdown: Canc
         let opts = StreamReadOptions::default()
             .block(READ_BLOCK.as_millis() as usize)
             .count(256);
+        let keys = [&shared.results_key];
+        let ids = [&last];
         let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = redis::AsyncCommands::xread_options(c, &[&shared.results_key], &[&last], &opts) => r,
+            r = redis::AsyncCommands::xread_options(c, &keys, &ids, &opts) => r,
         };
         let reply = match read {
             Ok(r) => r,
