@@ -285,8 +285,9 @@ impl StreamingClient {
 
     async fn finish(self) -> Vec<Seen> {
         self.stop.cancel();
+        let seen = self.seen.clone();
         let _ = self.task.await;
-        self.all()
+        seen.lock().clone()
     }
 }
 
