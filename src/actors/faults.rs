@@ -257,9 +257,10 @@ mod tests {
         assert_eq!(p.pick(0.099), Fault::Panic);
         assert_eq!(p.pick(0.1), Fault::Stall(Duration::from_secs(1)));
         assert_eq!(p.pick(0.299), Fault::Stall(Duration::from_secs(1)));
-        assert_eq!(p.pick(0.3), Fault::Slow(Duration::from_millis(10)));
+        // Just past the boundaries: 0.1 + 0.2 is not exactly 0.3 in f64.
+        assert_eq!(p.pick(0.301), Fault::Slow(Duration::from_millis(10)));
         assert_eq!(p.pick(0.599), Fault::Slow(Duration::from_millis(10)));
-        assert_eq!(p.pick(0.6), Fault::None);
+        assert_eq!(p.pick(0.601), Fault::None);
     }
 
     #[test]
