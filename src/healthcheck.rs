@@ -75,9 +75,18 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // Read the whole request first: closing with unread bytes makes
+            // the kernel send a reset instead of our answer.
+            let mut req = Vec::new();
             let mut buf = [0u8; 512];
-            let n = s.read(&mut buf).unwrap();
-            assert!(buf[..n].starts_with(b"GET /healthz HTTP/1.0\r\n"));
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            assert!(req.starts_with(b"GET /healthz HTTP/1.0\r\n"));
             s.write_all(answer.as_bytes()).unwrap();
         });
         port
