@@ -38,7 +38,11 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn poll(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -52,7 +56,16 @@ fn poll(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 fn spawn_redis() -> (Killed, String) {
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH");
@@ -86,7 +99,9 @@ fn spawn_worker(url: &str, name: &str) -> Killed {
         .spawn()
         .expect("spawning a worker");
     let consumer = format!("{name}-0");
-    poll("worker ready", Duration::from_secs(180), || consumers(url).contains(&consumer));
+    poll("worker ready", Duration::from_secs(180), || {
+        consumers(url).contains(&consumer)
+    });
     Killed(child)
 }
 
@@ -131,7 +146,11 @@ async fn sequential(pool: &InferencePool, jpeg: &Bytes, n: u32) -> Vec<f64> {
     for seq in 0..n {
         let t = Instant::now();
         let done = pool.submit(job(seq, jpeg)).await;
-        assert!(done.outcome.is_ok(), "frame failed: {:?}", done.outcome.err());
+        assert!(
+            done.outcome.is_ok(),
+            "frame failed: {:?}",
+            done.outcome.err()
+        );
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     lat.sort_by(f64::total_cmp);
@@ -182,9 +201,18 @@ async fn closed_loop(pool: &RemotePool, jpeg: &Bytes, clients: u32, seconds: f64
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("SCALEOUT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15.0);
-    let clients: u32 = std::env::var("SCALEOUT_CLIENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-    let frames: u32 = std::env::var("SCALEOUT_FRAMES").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let seconds: f64 = std::env::var("SCALEOUT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15.0);
+    let clients: u32 = std::env::var("SCALEOUT_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let frames: u32 = std::env::var("SCALEOUT_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -222,18 +250,33 @@ fn main() {
             ..PoolConfig::default()
         };
         cfg.remote.redis_url = Some(url.clone());
-        let remote = InferencePool::start(&cfg, Metrics::new()).await.expect("remote pool");
+        let remote = InferencePool::start(&cfg, Metrics::new())
+            .await
+            .expect("remote pool");
         let _ = sequential(&remote, &jpeg, 3).await;
         let remote_lat = sequential(&remote, &jpeg, frames).await;
         remote.shutdown().await;
 
         println!("hop cost, {frames} frames one at a time (ms):");
-        println!("  in-process pool, 1 thread      p50 {:7.1}  p99 {:7.1}", pct(&local_lat, 0.5), pct(&local_lat, 0.99));
-        println!("  remote pool, 1 worker x 1      p50 {:7.1}  p99 {:7.1}", pct(&remote_lat, 0.5), pct(&remote_lat, 0.99));
-        println!("  Redis hop (difference of p50)  {:7.1}", pct(&remote_lat, 0.5) - pct(&local_lat, 0.5));
+        println!(
+            "  in-process pool, 1 thread      p50 {:7.1}  p99 {:7.1}",
+            pct(&local_lat, 0.5),
+            pct(&local_lat, 0.99)
+        );
+        println!(
+            "  remote pool, 1 worker x 1      p50 {:7.1}  p99 {:7.1}",
+            pct(&remote_lat, 0.5),
+            pct(&remote_lat, 0.99)
+        );
+        println!(
+            "  Redis hop (difference of p50)  {:7.1}",
+            pct(&remote_lat, 0.5) - pct(&local_lat, 0.5)
+        );
 
         // 2. Throughput with 1, then 2 worker processes.
-        let pool = RemotePool::start(&remote_cfg, Some(&url), Metrics::new()).await.expect("remote pool");
+        let pool = RemotePool::start(&remote_cfg, Some(&url), Metrics::new())
+            .await
+            .expect("remote pool");
         let one = closed_loop(&pool, &jpeg, clients, seconds).await;
         let w2 = spawn_worker(&url, "bench-w2");
         let two = closed_loop(&pool, &jpeg, clients, seconds).await;

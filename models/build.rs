@@ -23,7 +23,8 @@ fn main() {
         model_gen.input(&path);
     }
     println!("cargo:rerun-if-changed=build.rs");
-    model_gen.out_dir("nets/")
+    model_gen
+        .out_dir("nets/")
         .load_strategy(LoadStrategy::Embedded)
         .run_from_script();
 }

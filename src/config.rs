@@ -376,14 +376,27 @@ mod tests {
     fn validation_names_the_key() {
         let mut c = Config::default();
         c.redis.recheck_ms = 5_000;
-        assert!(c.validate().unwrap_err().to_string().contains("redis.recheck_ms"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("redis.recheck_ms")
+        );
         let mut c = Config::default();
         c.redis.url = Some("http://localhost:6379".into());
         let msg = c.validate().unwrap_err().to_string();
-        assert!(msg.contains("Redis URL") && !msg.contains("localhost"), "{msg}");
+        assert!(
+            msg.contains("Redis URL") && !msg.contains("localhost"),
+            "{msg}"
+        );
         let mut c = Config::default();
         c.server.allowed_origins = vec!["evil.example".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("allowed_origins"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("allowed_origins")
+        );
     }
 
     #[test]

@@ -106,13 +106,23 @@ mod tests {
         check(&args(port)).unwrap();
         let port = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n");
         let err = check(&args(port)).unwrap_err();
-        assert!(matches!(err, HealthError::Status(ref s) if s.contains("503")), "{err}");
+        assert!(
+            matches!(err, HealthError::Status(ref s) if s.contains("503")),
+            "{err}"
+        );
     }
 
     #[test]
     fn refused_connection_is_an_error() {
         // A port that was free a moment ago: nothing listens there.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        assert!(matches!(check(&args(port)), Err(HealthError::Connect { .. })));
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(matches!(
+            check(&args(port)),
+            Err(HealthError::Connect { .. })
+        ));
     }
 }

@@ -230,7 +230,10 @@ pub fn prepare_frames(paths: &[PathBuf], size: &str) -> anyhow::Result<Vec<Bytes
         let is_jpeg = bytes.starts_with(&[0xFF, 0xD8]);
         let Some((w, h)) = size else {
             if !is_jpeg {
-                bail!("{} is not a JPEG; use --size WxH to re-encode it", path.display());
+                bail!(
+                    "{} is not a JPEG; use --size WxH to re-encode it",
+                    path.display()
+                );
             }
             frames.push(Bytes::from(bytes));
             continue;
@@ -273,7 +276,10 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
 }
 
 fn summarise(args: &LoadgenArgs, frame_bytes: usize, clients: Vec<ClientReport>) -> LoadReport {
-    let mut latencies: Vec<f64> = clients.iter().flat_map(|c| c.latencies_ms.iter().copied()).collect();
+    let mut latencies: Vec<f64> = clients
+        .iter()
+        .flat_map(|c| c.latencies_ms.iter().copied())
+        .collect();
     let timings: Vec<&FrameTimings> = clients.iter().flat_map(|c| c.timings.iter()).collect();
     let n = timings.len().max(1) as f64;
     let mean = |f: fn(&FrameTimings) -> f64| timings.iter().map(|t| f(t)).sum::<f64>() / n;
@@ -331,7 +337,9 @@ struct Incoming {
 
 /// Logs in; returns the `Cookie` header value.
 pub async fn login(base: &str, password: &str) -> anyhow::Result<String> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
     let resp = client
         .post(format!("{base}/auth/code"))
         .send_json(&serde_json::json!({ "code": password }))
@@ -463,7 +471,9 @@ async fn run_client(
             _ = tokio::time::sleep_until((drain_until).into()) => {}
         }
     }
-    let _ = conn.send(ws::Message::Close(Some(ws::CloseCode::Normal.into()))).await;
+    let _ = conn
+        .send(ws::Message::Close(Some(ws::CloseCode::Normal.into())))
+        .await;
     report.result_fps = report.results as f64 / args.duration;
     Ok(report)
 }
@@ -476,7 +486,10 @@ mod tests {
     fn percentiles_use_nearest_rank() {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
         let p = Percentiles::of(&mut v);
-        assert_eq!((p.p50, p.p90, p.p99, p.max, p.count), (50.0, 90.0, 99.0, 100.0, 100));
+        assert_eq!(
+            (p.p50, p.p90, p.p99, p.max, p.count),
+            (50.0, 90.0, 99.0, 100.0, 100)
+        );
         assert_eq!(Percentiles::of(&mut []).count, 0);
         let mut one = [7.0];
         assert_eq!(Percentiles::of(&mut one).p99, 7.0);
@@ -505,7 +518,10 @@ mod tests {
             r#"{"type":"result","seq":3,"capture_ts":12.5,"timings":{"queue_ms":1,"decode_ms":2,"infer_ms":3,"serialize_ms":0.1,"total_ms":7},"pose":[]}"#,
         )
         .unwrap();
-        assert_eq!((r.kind.as_str(), r.seq, r.capture_ts), ("result", Some(3), Some(12.5)));
+        assert_eq!(
+            (r.kind.as_str(), r.seq, r.capture_ts),
+            ("result", Some(3), Some(12.5))
+        );
         assert_eq!(r.timings.unwrap().infer_ms, 3.0);
         let s: Incoming = serde_json::from_str(
             r#"{"type":"stats","received":5,"processed":4,"dropped_stale":1,"dropped_fps":0,"dropped_overload":0,"dropped_expired":0,"errors":0}"#,

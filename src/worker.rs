@@ -119,14 +119,22 @@ pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), W
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 || threads > 256 {
-        return Err(WorkerError::Config(format!("--workers must be in 1..=256, got {threads}")));
+        return Err(WorkerError::Config(format!(
+            "--workers must be in 1..=256, got {threads}"
+        )));
     }
     if args.block_ms == 0 || args.claim_idle_ms == 0 {
-        return Err(WorkerError::Config("--block-ms and --claim-idle-ms must be positive".into()));
+        return Err(WorkerError::Config(
+            "--block-ms and --claim-idle-ms must be positive".into(),
+        ));
     }
     let name = match &args.name {
         Some(n) if !n.is_empty() && !n.contains(char::is_whitespace) => n.clone(),
-        Some(n) => return Err(WorkerError::Config(format!("--name {n:?} is empty or has spaces"))),
+        Some(n) => {
+            return Err(WorkerError::Config(format!(
+                "--name {n:?} is empty or has spaces"
+            )));
+        }
         None => default_name(),
     };
     let client = redis::Client::open(args.redis_url.as_str()).map_err(WorkerError::RedisUrl)?;
@@ -282,7 +290,9 @@ fn worker_thread(
 }
 
 fn connect(ctx: &WorkerContext) -> redis::RedisResult<redis::Connection> {
-    let mut con = ctx.client.get_connection_with_timeout(Duration::from_secs(2))?;
+    let mut con = ctx
+        .client
+        .get_connection_with_timeout(Duration::from_secs(2))?;
     // Above the longest BLOCK, so a blocked read is never cut short.
     con.set_read_timeout(Some(ctx.block + Duration::from_secs(5)))?;
     con.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -514,7 +524,10 @@ impl ThreadState<'_> {
             }
             Err(_) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(consumer = self.consumer, "pipeline panicked; reloading the model");
+                tracing::error!(
+                    consumer = self.consumer,
+                    "pipeline panicked; reloading the model"
+                );
                 // The model may be half-way through a mutation: start afresh.
                 match Holistic::load_default() {
                     Ok(h) => *self.holistic = h,

@@ -44,7 +44,10 @@ async fn login_status_logout() {
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
         assert!(set_cookie.contains(attr), "{attr} missing in {set_cookie}");
     }
-    assert!(!set_cookie.contains("Secure"), "Secure only when configured: {set_cookie}");
+    assert!(
+        !set_cookie.contains("Secure"),
+        "Secure only when configured: {set_cookie}"
+    );
     assert_eq!(json_body(&mut resp).await["valid"], true);
     let cookie = resp
         .cookie(holistream::http::SESSION_COOKIE)
@@ -59,14 +62,27 @@ async fn login_status_logout() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(json_body(&mut resp).await, serde_json::json!({ "valid": true }));
+    assert_eq!(
+        json_body(&mut resp).await,
+        serde_json::json!({ "valid": true })
+    );
     let mut resp = client.get(server.url("/auth/code")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(json_body(&mut resp).await["error"].is_string());
-    let forged = format!("{}={}", holistream::http::SESSION_COOKIE, uuid::Uuid::new_v4());
-    assert_eq!(session_status(&server, &forged).await, StatusCode::UNAUTHORIZED);
+    let forged = format!(
+        "{}={}",
+        holistream::http::SESSION_COOKIE,
+        uuid::Uuid::new_v4()
+    );
+    assert_eq!(
+        session_status(&server, &forged).await,
+        StatusCode::UNAUTHORIZED
+    );
     let garbage = format!("{}=not-a-uuid", holistream::http::SESSION_COOKIE);
-    assert_eq!(session_status(&server, &garbage).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        session_status(&server, &garbage).await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Logout revokes the session and clears the cookie.
     let resp = client
@@ -77,8 +93,14 @@ async fn login_status_logout() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let cleared = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
-    assert!(cleared.starts_with("holistream_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
-    assert_eq!(session_status(&server, &cookie).await, StatusCode::UNAUTHORIZED);
+    assert!(
+        cleared.starts_with("holistream_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(
+        session_status(&server, &cookie).await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // The login outcomes are counted.
     let metrics = client
@@ -90,8 +112,14 @@ async fn login_status_logout() {
         .await
         .unwrap();
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-    assert!(metrics.contains("holistream_logins_total{outcome=\"ok\"} 1"), "{metrics}");
-    assert!(metrics.contains("holistream_logins_total{outcome=\"wrong_password\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("holistream_logins_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("holistream_logins_total{outcome=\"wrong_password\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("holistream_logouts_total 1"), "{metrics}");
 }
 
@@ -107,13 +135,25 @@ async fn malformed_login_bodies_get_400_json() {
             .send_body(body.to_vec())
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(body));
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
         let err = json_body(&mut resp).await;
-        assert!(err["error"].as_str().unwrap().starts_with("bad request"), "{err}");
+        assert!(
+            err["error"].as_str().unwrap().starts_with("bad request"),
+            "{err}"
+        );
     }
     // Oversized bodies are refused before they are read whole.
     let huge = serde_json::json!({ "code": "x".repeat(64 * 1024) });
-    let resp = client.post(server.url("/auth/code")).send_json(&huge).await.unwrap();
+    let resp = client
+        .post(server.url("/auth/code"))
+        .send_json(&huge)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -145,7 +185,12 @@ async fn wrong_codes_are_rate_limited_per_address() {
             .parse()
             .unwrap();
         assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
-        assert!(json_body(&mut resp).await["error"].as_str().unwrap().contains("retry in"));
+        assert!(
+            json_body(&mut resp).await["error"]
+                .as_str()
+                .unwrap()
+                .contains("retry in")
+        );
     }
     let metrics = http_client()
         .get(server.url("/metrics"))
@@ -156,7 +201,10 @@ async fn wrong_codes_are_rate_limited_per_address() {
         .await
         .unwrap();
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-    assert!(metrics.contains("holistream_logins_total{outcome=\"rate_limited\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("holistream_logins_total{outcome=\"rate_limited\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]
@@ -165,8 +213,14 @@ async fn rate_limit_window_ends() {
     config.auth.max_failures = 1;
     config.auth.failure_window_s = 1;
     let server = TestServer::start(config).await;
-    assert_eq!(try_login(&server, "guess").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(try_login(&server, CODE).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        try_login(&server, "guess").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        try_login(&server, CODE).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // Poll until the 1 s window has passed; the code then gets through.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let last = loop {
@@ -174,7 +228,10 @@ async fn rate_limit_window_ends() {
         if status != StatusCode::TOO_MANY_REQUESTS {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "the rate-limit window never ended");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rate-limit window never ended"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(last, StatusCode::OK);
@@ -186,19 +243,30 @@ async fn websocket_admission() {
     let cookie = login(&server, CODE).await;
 
     // No cookie, or a cookie of no session: 401.
-    assert_eq!(ws_connect(&server, None, None).await.err(), Some(StatusCode::UNAUTHORIZED));
-    let forged = format!("{}={}", holistream::http::SESSION_COOKIE, uuid::Uuid::new_v4());
+    assert_eq!(
+        ws_connect(&server, None, None).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let forged = format!(
+        "{}={}",
+        holistream::http::SESSION_COOKIE,
+        uuid::Uuid::new_v4()
+    );
     assert_eq!(
         ws_connect(&server, Some(&forged), None).await.err(),
         Some(StatusCode::UNAUTHORIZED)
     );
     // A page of another origin, even with a valid cookie: 403.
     assert_eq!(
-        ws_connect(&server, Some(&cookie), Some("http://evil.example")).await.err(),
+        ws_connect(&server, Some(&cookie), Some("http://evil.example"))
+            .await
+            .err(),
         Some(StatusCode::FORBIDDEN)
     );
     assert_eq!(
-        ws_connect(&server, Some(&cookie), Some("http://127.0.0.1:1")).await.err(),
+        ws_connect(&server, Some(&cookie), Some("http://127.0.0.1:1"))
+            .await
+            .err(),
         Some(StatusCode::FORBIDDEN)
     );
     // The server's own page, and a non-browser client, get in.
@@ -225,7 +293,11 @@ async fn sessions_expire() {
         async move { session_status(server, cookie).await == StatusCode::UNAUTHORIZED }
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(900), "expired early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "expired early: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         ws_connect(&server, Some(&cookie), None).await.err(),
         Some(StatusCode::UNAUTHORIZED)
@@ -264,11 +336,17 @@ async fn health_readiness_metrics_and_web_demo() {
         "holistream_inference_seconds_bucket",
         "holistream_worker_restarts_total{reason=\"panic\"}",
     ] {
-        assert!(text.contains(series), "{series} missing in /metrics:\n{text}");
+        assert!(
+            text.contains(series),
+            "{series} missing in /metrics:\n{text}"
+        );
     }
 
     // The web demo is served at / when the folder has a page.
-    if std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/index.html").exists() {
+    if std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("web/index.html")
+        .exists()
+    {
         let resp = client.get(server.url("/")).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }

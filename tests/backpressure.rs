@@ -44,7 +44,11 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
         set_faults(&server, &cookie, &format!("slow=1.0:{pad_ms}ms")).await;
     }
 
-    send(&mut conn, awc::ws::Message::Text(r#"{"type":"config","fps":60}"#.into())).await;
+    send(
+        &mut conn,
+        awc::ws::Message::Text(r#"{"type":"config","fps":60}"#.into()),
+    )
+    .await;
     let secs = env_secs("HOLISTREAM_BACKPRESSURE_SECS", 30).max(20);
     let epoch = Instant::now();
     let until = epoch + Duration::from_secs(secs);
@@ -90,12 +94,21 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
     }
 
     let window = |from: f64, to: f64| -> Vec<f64> {
-        results.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, l)| *l).collect()
+        results
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, l)| *l)
+            .collect()
     };
     let total = secs as f64;
     let mut first = window(0.0, 10.0);
     let mut last = window(total - 10.0, total);
-    assert!(first.len() >= 20 && last.len() >= 20, "too few results: {} then {}", first.len(), last.len());
+    assert!(
+        first.len() >= 20 && last.len() >= 20,
+        "too few results: {} then {}",
+        first.len(),
+        last.len()
+    );
     let (p99_first, p99_last) = (percentile(&mut first, 0.99), percentile(&mut last, 0.99));
     assert!(
         p99_last <= 1.5 * p99_first,
@@ -107,7 +120,10 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
     // (stats) and in /metrics.
     let stale = last_stats["dropped_stale"].as_u64().unwrap();
     let processed = last_stats["processed"].as_u64().unwrap();
-    assert!(stale > processed, "60 fps into ~10: stale {stale}, processed {processed}");
+    assert!(
+        stale > processed,
+        "60 fps into ~10: stale {stale}, processed {processed}"
+    );
     let received = last_stats["received"].as_u64().unwrap();
     let accounted = processed
         + stale
@@ -117,7 +133,13 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
         + last_stats["errors"].as_u64().unwrap();
     // The stats message is up to one interval old, and up to two frames are
     // in flight (one in the pool, one waiting).
-    assert!(received <= sent + 5 && accounted + 2 >= received, "stats {last_stats} after {sent} sent");
+    assert!(
+        received <= sent + 5 && accounted + 2 >= received,
+        "stats {last_stats} after {sent} sent"
+    );
     let m = metrics_text(&server).await;
-    assert!(metric(&m, r#"holistream_drops_total{reason="stale"}"#) >= stale as f64, "{m}");
+    assert!(
+        metric(&m, r#"holistream_drops_total{reason="stale"}"#) >= stale as f64,
+        "{m}"
+    );
 }

@@ -54,7 +54,10 @@ async fn panicking_workers_are_replaced_and_every_client_keeps_streaming() {
                 // Every frame is answered: a result, or an error for the
                 // frame whose worker panicked. 20 s is "never" here.
                 let a = next_answer(&mut conn, Duration::from_secs(20)).await;
-                assert_eq!(a["seq"], seq, "client {client}: answer for another frame: {a}");
+                assert_eq!(
+                    a["seq"], seq,
+                    "client {client}: answer for another frame: {a}"
+                );
                 match a["type"].as_str() {
                     Some("result") if Instant::now() < half => first += 1,
                     Some("result") => second += 1,
@@ -72,13 +75,20 @@ async fn panicking_workers_are_replaced_and_every_client_keeps_streaming() {
     let mut failures = 0;
     for (client, t) in tasks.into_iter().enumerate() {
         let (first, second, failed) = t.await.expect("client task");
-        assert!(first > 0 && second > 0, "client {client} stopped getting results: {first} then {second}");
+        assert!(
+            first > 0 && second > 0,
+            "client {client} stopped getting results: {first} then {second}"
+        );
         failures += failed;
     }
     let m = metrics_text(&server).await;
     let restarts = metric(&m, r#"holistream_worker_restarts_total{reason="panic"}"#);
     assert!(restarts >= 1.0, "no panic restart counted:\n{m}");
-    assert_eq!(restarts, f64::from(failures), "one restart per failed frame");
+    assert_eq!(
+        restarts,
+        f64::from(failures),
+        "one restart per failed frame"
+    );
 }
 
 /// A worker stuck in a job is detected at its deadline, its session gets an
@@ -99,18 +109,33 @@ async fn a_stalled_worker_is_replaced_within_its_deadline() {
     send(&mut conn, frame(1, 0.0, &jpeg)).await;
     let e = next_answer(&mut conn, Duration::from_secs(15)).await;
     let waited = sent.elapsed();
-    assert_eq!((e["type"].as_str(), e["code"].as_str(), e["seq"].as_u64()), (Some("error"), Some("worker_failed"), Some(1)), "{e}");
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str(), e["seq"].as_u64()),
+        (Some("error"), Some("worker_failed"), Some(1)),
+        "{e}"
+    );
     // Deadline 1 s; the slack covers scheduling on a busy 2-core machine,
     // not the 20 s the thread stays stuck.
-    assert!(waited < Duration::from_secs(4), "stall detected after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "stall detected after {waited:?}"
+    );
     let m = metrics_text(&server).await;
-    assert_eq!(metric(&m, r#"holistream_worker_restarts_total{reason="stall"}"#), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, r#"holistream_worker_restarts_total{reason="stall"}"#),
+        1.0,
+        "{m}"
+    );
 
     // The replacement (fresh thread, fresh model) serves the next frame,
     // while the abandoned thread is still asleep.
     set_faults(&server, &cookie, "none").await;
     send(&mut conn, frame(2, 0.0, &jpeg)).await;
     let r = next_answer(&mut conn, Duration::from_secs(60)).await;
-    assert_eq!((r["type"].as_str(), r["seq"].as_u64()), (Some("result"), Some(2)), "{r}");
+    assert_eq!(
+        (r["type"].as_str(), r["seq"].as_u64()),
+        (Some("result"), Some(2)),
+        "{r}"
+    );
     assert_eq!(r["face"].as_array().unwrap().len(), 468);
 }

@@ -11,25 +11,52 @@ const TESTDATA: &str = "../shared/testdata";
 #[test]
 fn still_images_match_mediapipe() {
     let holistic = Holistic::load_default().expect("shipped weights load");
-    let report = check_dir(&holistic, Path::new(TESTDATA), Thresholds { max_mean_err: 0.02 }).expect("parity run");
+    let report = check_dir(
+        &holistic,
+        Path::new(TESTDATA),
+        Thresholds { max_mean_err: 0.02 },
+    )
+    .expect("parity run");
     println!("{report}");
-    assert_eq!(report.images.len(), 10, "expected the ten photos of the testdata");
+    assert_eq!(
+        report.images.len(),
+        10,
+        "expected the ten photos of the testdata"
+    );
     // Known gaps are held to their own looser bound, so they cannot regress
     // while they are open; every other part is held to the issue's 2%.
     let mut failures: Vec<String> = report
         .failures()
         .into_iter()
-        .filter(|f| !KNOWN_GAPS.iter().any(|(img, part, _)| f.starts_with(&format!("{img} {part}: mean error"))))
+        .filter(|f| {
+            !KNOWN_GAPS
+                .iter()
+                .any(|(img, part, _)| f.starts_with(&format!("{img} {part}: mean error")))
+        })
         .collect();
     for (img, part, bound) in KNOWN_GAPS {
-        let row = report.images.iter().find(|i| i.name == img).expect("known-gap image present");
-        let cmp = row.parts.iter().find(|p| p.part == part).expect("known-gap part present");
+        let row = report
+            .images
+            .iter()
+            .find(|i| i.name == img)
+            .expect("known-gap image present");
+        let cmp = row
+            .parts
+            .iter()
+            .find(|p| p.part == part)
+            .expect("known-gap part present");
         match cmp.errors {
             Some((mean, _)) if mean <= bound => {}
-            other => failures.push(format!("{img} {part}: known gap beyond its {bound} bound: {other:?}")),
+            other => failures.push(format!(
+                "{img} {part}: known gap beyond its {bound} bound: {other:?}"
+            )),
         }
     }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Parts that miss the 2% goal today (open in issue 2), with the bound that
@@ -55,5 +82,9 @@ fn tracking_mode_follows_mediapipe_on_the_clip() {
     .expect("clip parity run");
     println!("{report}");
     let failures = report.failures();
-    assert!(failures.is_empty(), "clip parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "clip parity failures:\n{}",
+        failures.join("\n")
+    );
 }

@@ -11,8 +11,8 @@ use actix_web::http::StatusCode;
 use common::*;
 use futures_util::SinkExt;
 use holistream::actors::protocol::FrameHeader;
-use holistream::http::store::{SessionStatus, SessionStore, StoreError, StoreSettings};
 use holistream::http::Metrics;
+use holistream::http::store::{SessionStatus, SessionStore, StoreError, StoreSettings};
 
 const CODE: &str = "mirror-code";
 
@@ -44,10 +44,14 @@ async fn two_instances_share_sessions_and_logouts() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let revoked = Instant::now();
-    eventually(Duration::from_secs(1), "B to refuse a session logged out on A", || {
-        let (b, cookie) = (&b, &cookie);
-        async move { session_status(b, cookie).await == StatusCode::UNAUTHORIZED }
-    })
+    eventually(
+        Duration::from_secs(1),
+        "B to refuse a session logged out on A",
+        || {
+            let (b, cookie) = (&b, &cookie);
+            async move { session_status(b, cookie).await == StatusCode::UNAUTHORIZED }
+        },
+    )
     .await;
     assert!(revoked.elapsed() < Duration::from_secs(1));
     assert_eq!(
@@ -83,11 +87,21 @@ async fn redis_outage_fails_closed_and_recovers() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.cookie(holistream::http::SESSION_COOKIE).is_none());
     let body = json_body(&mut resp).await;
-    assert_eq!(body["error"], "session store unavailable, try again shortly");
+    assert_eq!(
+        body["error"],
+        "session store unavailable, try again shortly"
+    );
 
     // A session this instance never verified cannot be told: 503, not 200.
-    let unknown = format!("{}={}", holistream::http::SESSION_COOKIE, uuid::Uuid::new_v4());
-    assert_eq!(session_status(&server, &unknown).await, StatusCode::SERVICE_UNAVAILABLE);
+    let unknown = format!(
+        "{}={}",
+        holistream::http::SESSION_COOKIE,
+        uuid::Uuid::new_v4()
+    );
+    assert_eq!(
+        session_status(&server, &unknown).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(
         ws_connect(&server, Some(&unknown), None).await.err(),
         Some(StatusCode::SERVICE_UNAVAILABLE)
@@ -100,12 +114,23 @@ async fn redis_outage_fails_closed_and_recovers() {
     }
     // Not ready while Redis is away.
     assert_eq!(
-        client.get(server.url("/readyz")).send().await.unwrap().status(),
+        client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
     // The open stream still gets results.
-    let frame = FrameHeader { seq: 1, capture_ts: 0.0 }.encode(&test_jpeg());
-    conn.send(awc::ws::Message::Binary(frame.into())).await.unwrap();
+    let frame = FrameHeader {
+        seq: 1,
+        capture_ts: 0.0,
+    }
+    .encode(&test_jpeg());
+    conn.send(awc::ws::Message::Binary(frame.into()))
+        .await
+        .unwrap();
     let mut got_result = false;
     for _ in 0..50 {
         let msg = next_text(&mut conn, Duration::from_secs(30))
@@ -123,17 +148,31 @@ async fn redis_outage_fails_closed_and_recovers() {
 
     // Redis back (empty): logins work again by themselves.
     redis.restart();
-    eventually(Duration::from_secs(10), "logins to work after Redis returned", || {
-        let server = &server;
-        async move { try_login(server, CODE).await.0 == StatusCode::OK }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "logins to work after Redis returned",
+        || {
+            let server = &server;
+            async move { try_login(server, CODE).await.0 == StatusCode::OK }
+        },
+    )
     .await;
     let fresh = login(&server, CODE).await;
     assert_eq!(session_status(&server, &fresh).await, StatusCode::OK);
-    eventually(Duration::from_secs(5), "readiness after Redis returned", || {
-        let (client, url) = (&client, server.url("/readyz"));
-        async move { client.get(url).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
-    })
+    eventually(
+        Duration::from_secs(5),
+        "readiness after Redis returned",
+        || {
+            let (client, url) = (&client, server.url("/readyz"));
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            }
+        },
+    )
     .await;
 }
 
@@ -142,9 +181,17 @@ async fn start_with_redis_down_then_recover() {
     let mut redis = RedisServer::spawn();
     redis.stop();
     let server = TestServer::start(mirrored_config(&redis)).await;
-    assert_eq!(try_login(&server, CODE).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        http_client().get(server.url("/readyz")).send().await.unwrap().status(),
+        try_login(&server, CODE).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        http_client()
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
     redis.restart();
@@ -194,16 +241,22 @@ async fn store_watch_ends_on_remote_revocation_and_not_on_outage() {
     assert_eq!(b.verify(s2.id).await.unwrap(), SessionStatus::Valid);
     redis.stop();
     let watch = b.clone();
-    let outcome =
-        actix_web::rt::time::timeout(Duration::from_millis(1_500), watch.wait_until_invalid(s2.id))
-            .await;
+    let outcome = actix_web::rt::time::timeout(
+        Duration::from_millis(1_500),
+        watch.wait_until_invalid(s2.id),
+    )
+    .await;
     assert!(outcome.is_err(), "an outage ended a verified session");
     assert_eq!(b.verify(s2.id).await.unwrap(), SessionStatus::Valid);
     assert!(matches!(a.create().await, Err(StoreError::Unavailable(_))));
     // Calls stay bounded by the timeout while Redis is away.
     let t = Instant::now();
     let _ = b.verify(uuid::Uuid::new_v4()).await;
-    assert!(t.elapsed() < Duration::from_secs(2), "a dead Redis hung a call for {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a dead Redis hung a call for {:?}",
+        t.elapsed()
+    );
 }
 
 /// PTTL through a raw RESP exchange, independent of the code under test.

@@ -65,7 +65,9 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         Proc {
             name: name.into(),
             child,
@@ -100,7 +102,11 @@ impl Proc {
             if let Some(status) = self.exited() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not stop within {bound:?} of SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {bound:?} of SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -118,7 +124,14 @@ impl Drop for Proc {
         }
         if std::thread::panicking() {
             let text = self.log_text();
-            let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(4000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             eprintln!("---- log of {} (last 4000 chars) ----\n{tail}", self.name);
         }
     }
@@ -129,7 +142,10 @@ impl Drop for Proc {
 fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -137,7 +153,10 @@ fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 async fn wait_for_async(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -166,17 +185,34 @@ fn consumers(redis: &RedisServer) -> Vec<String> {
 fn start_worker(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Proc {
     let mut p = Proc::spawn(
         name,
-        &["worker", "--name", name, "--workers", "1", "--claim-idle-ms", "1000", "--block-ms", "200"],
+        &[
+            "worker",
+            "--name",
+            name,
+            "--workers",
+            "1",
+            "--claim-idle-ms",
+            "1000",
+            "--block-ms",
+            "200",
+        ],
         &[("REDIS_URL", redis.url())],
         dir,
     );
     let consumer = format!("{name}-0");
-    wait_for(WORKER_START, &format!("worker {name} reading the jobs stream"), || {
-        if let Some(status) = p.exited() {
-            panic!("worker {name} exited at start ({status}):\n{}", p.log_text());
-        }
-        consumers(redis).contains(&consumer)
-    });
+    wait_for(
+        WORKER_START,
+        &format!("worker {name} reading the jobs stream"),
+        || {
+            if let Some(status) = p.exited() {
+                panic!(
+                    "worker {name} exited at start ({status}):\n{}",
+                    p.log_text()
+                );
+            }
+            consumers(redis).contains(&consumer)
+        },
+    );
     p
 }
 
@@ -190,12 +226,23 @@ fn start_gateway(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Ga
     let port = free_port();
     let mut proc = Proc::spawn(
         name,
-        &["serve", "--pool", "redis", "--host", "127.0.0.1", "--port", &port.to_string()],
+        &[
+            "serve",
+            "--pool",
+            "redis",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ],
         &[
             ("REDIS_URL", redis.url()),
             ("HOLISTREAM_PASSWORD", PASSWORD.into()),
             ("HOLISTREAM_GATEWAY_ID", name.into()),
-            ("HOLISTREAM_WEB_DIR", env!("CARGO_MANIFEST_DIR").to_string() + "/web"),
+            (
+                "HOLISTREAM_WEB_DIR",
+                env!("CARGO_MANIFEST_DIR").to_string() + "/web",
+            ),
         ],
         dir,
     );
@@ -206,7 +253,10 @@ fn start_gateway(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Ga
     };
     wait_for(GATEWAY_START, &format!("gateway {name} healthy"), || {
         if let Some(status) = proc.exited() {
-            panic!("gateway {name} exited at start ({status}):\n{}", proc.log_text());
+            panic!(
+                "gateway {name} exited at start ({status}):\n{}",
+                proc.log_text()
+            );
         }
         holistream::healthcheck::check(&check).is_ok()
     });
@@ -233,7 +283,9 @@ struct StreamingClient {
 
 impl StreamingClient {
     async fn start(base: &str, jpeg: Bytes) -> StreamingClient {
-        let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish();
         let mut resp = http
             .post(format!("{base}/auth/code"))
             .send_json(&serde_json::json!({ "code": PASSWORD }))
@@ -371,16 +423,21 @@ async fn gateways_and_workers_join_fail_and_come_back() {
     // COUNT 1), so at most one frame is lost; both clients go on.
     let killed = Instant::now();
     w1.kill();
-    wait_for_async(Duration::from_secs(60), "5 results on each gateway after the kill", || {
-        c1.results_since(killed) >= 5 && c2.results_since(killed) >= 5
-    })
+    wait_for_async(
+        Duration::from_secs(60),
+        "5 results on each gateway after the kill",
+        || c1.results_since(killed) >= 5 && c2.results_since(killed) >= 5,
+    )
     .await;
     let errors: Vec<String> = [&c1, &c2]
         .iter()
         .flat_map(|c| c.errors_since(killed))
         .collect();
     let lost = errors.iter().filter(|c| *c == "lost").count();
-    assert!(lost <= 1, "more frames lost than the killed worker held: {errors:?}");
+    assert!(
+        lost <= 1,
+        "more frames lost than the killed worker held: {errors:?}"
+    );
     assert!(
         errors.iter().all(|c| c == "lost" || c == "expired"),
         "unexpected errors after the kill: {errors:?}"
@@ -388,15 +445,23 @@ async fn gateways_and_workers_join_fail_and_come_back() {
 
     // Stop every worker: clients get typed errors, not silence.
     let w2_status = w2.terminate(Duration::from_secs(20));
-    assert!(w2_status.success(), "worker w2 did not stop cleanly: {w2_status}\n{}", w2.log_text());
+    assert!(
+        w2_status.success(),
+        "worker w2 did not stop cleanly: {w2_status}\n{}",
+        w2.log_text()
+    );
     let stopped = Instant::now();
     // Errors on both, and long enough without a worker for a result to show
     // if one could still come.
-    wait_for_async(Duration::from_secs(30), "typed errors on each gateway with no worker", || {
-        c1.errors_since(stopped).len() >= 2
-            && c2.errors_since(stopped).len() >= 2
-            && stopped.elapsed() > Duration::from_secs(3)
-    })
+    wait_for_async(
+        Duration::from_secs(30),
+        "typed errors on each gateway with no worker",
+        || {
+            c1.errors_since(stopped).len() >= 2
+                && c2.errors_since(stopped).len() >= 2
+                && stopped.elapsed() > Duration::from_secs(3)
+        },
+    )
     .await;
     for c in [&c1, &c2] {
         let errors = c.errors_since(stopped);
@@ -406,7 +471,11 @@ async fn gateways_and_workers_join_fail_and_come_back() {
         );
         // The stopped worker answered its last job before it exited; the
         // gateway reads that answer within a few ms of `stopped`.
-        assert_eq!(c.results_since(stopped + Duration::from_millis(500)), 0, "results with no worker?");
+        assert_eq!(
+            c.results_since(stopped + Duration::from_millis(500)),
+            0,
+            "results with no worker?"
+        );
     }
     // The clean stop removed its consumer; the killed one stays until swept.
     assert!(!consumers(&redis).contains(&"w2-0".to_string()));
@@ -414,9 +483,11 @@ async fn gateways_and_workers_join_fail_and_come_back() {
     // A new worker brings results back on both gateways.
     let _w3 = start_worker(&redis, "w3", &dir);
     let resumed = Instant::now();
-    wait_for_async(Duration::from_secs(60), "results again after a worker came back", || {
-        c1.results_since(resumed) >= 3 && c2.results_since(resumed) >= 3
-    })
+    wait_for_async(
+        Duration::from_secs(60),
+        "results again after a worker came back",
+        || c1.results_since(resumed) >= 3 && c2.results_since(resumed) >= 3,
+    )
     .await;
 
     let seen1 = c1.finish().await;
@@ -466,7 +537,8 @@ async fn a_burst_is_trimmed_not_queued() {
 
     // The whole burst at once: one worker thread can hold one job; the stream
     // keeps BACKLOG; the rest must be trimmed and answered.
-    let answers = futures_util::future::join_all((1..=BURST).map(|seq| pool.submit(frame_job(seq, &jpeg))));
+    let answers =
+        futures_util::future::join_all((1..=BURST).map(|seq| pool.submit(frame_job(seq, &jpeg))));
     let mut con = redis_con(&redis);
     let answers = tokio::time::timeout(Duration::from_secs(120), answers)
         .await
@@ -475,7 +547,10 @@ async fn a_burst_is_trimmed_not_queued() {
     let len: usize = redis::cmd("XLEN").arg(JOBS_STREAM).query(&mut con).unwrap();
     // `MAXLEN ~` trims whole stream nodes; a JPEG entry fills a node alone,
     // so the bound holds to within one node.
-    assert!(len <= BACKLOG + 1, "jobs stream holds {len} entries, backlog is {BACKLOG}");
+    assert!(
+        len <= BACKLOG + 1,
+        "jobs stream holds {len} entries, backlog is {BACKLOG}"
+    );
 
     let mut results = 0;
     let mut trimmed = 0;
@@ -490,7 +565,10 @@ async fn a_burst_is_trimmed_not_queued() {
             }
             Err(FrameFailure::Overloaded) => {
                 trimmed += 1;
-                assert!(done.tracking.is_some(), "a trimmed job gives its state back");
+                assert!(
+                    done.tracking.is_some(),
+                    "a trimmed job gives its state back"
+                );
             }
             Err(other) => panic!("job {} answered {other:?}", done.seq),
         }
@@ -508,7 +586,9 @@ async fn a_burst_is_trimmed_not_queued() {
     assert_eq!(stats.in_flight, 0);
     let text = metrics.render();
     assert!(
-        text.contains(&format!("holistream_remote_jobs_total{{outcome=\"trimmed\"}} {trimmed}")),
+        text.contains(&format!(
+            "holistream_remote_jobs_total{{outcome=\"trimmed\"}} {trimmed}"
+        )),
         "{text}"
     );
     pool.shutdown().await;

@@ -32,7 +32,10 @@ async fn results_carry_seq_capture_ts_and_full_landmark_sets() {
 
     // Several frames of one stream: the first runs detection, the next ones
     // track. Every one must come back complete.
-    for (i, name) in ["obama.jpg", "obama.jpg", "grace_hopper.jpg"].iter().enumerate() {
+    for (i, name) in ["obama.jpg", "obama.jpg", "grace_hopper.jpg"]
+        .iter()
+        .enumerate()
+    {
         let jpeg = jpeg_640x480(name);
         let seq = 100 + i as u32;
         let capture_ts = 1_700_000_000_000.25 + i as f64;
@@ -53,7 +56,10 @@ async fn results_carry_seq_capture_ts_and_full_landmark_sets() {
         }
         // The nose of a portrait is inside the picture.
         let (x, y) = (p["x"].as_f64().unwrap(), p["y"].as_f64().unwrap());
-        assert!((0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y), "{name}: nose at {x},{y}");
+        assert!(
+            (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y),
+            "{name}: nose at {x},{y}"
+        );
         let t = &r["timings"];
         let total = t["total_ms"].as_f64().unwrap();
         let infer = t["infer_ms"].as_f64().unwrap();
@@ -74,7 +80,10 @@ async fn results_carry_seq_capture_ts_and_full_landmark_sets() {
     assert_eq!(stats["received"], 3, "{stats}");
     assert_eq!(stats["processed"], 3, "{stats}");
     let m = metrics_text(&server).await;
-    assert_eq!(metric(&m, r#"holistream_frames_total{outcome="processed"}"#), 3.0);
+    assert_eq!(
+        metric(&m, r#"holistream_frames_total{outcome="processed"}"#),
+        3.0
+    );
     assert_eq!(metric(&m, "holistream_sessions_active"), 1.0);
 }
 
@@ -97,20 +106,36 @@ async fn bad_input_gets_typed_errors_and_the_session_goes_on() {
         .collect();
     send(&mut conn, ws::Message::Binary(random.into())).await;
     let e = next_answer(&mut conn, ANSWER).await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_frame")), "{e}");
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_frame")),
+        "{e}"
+    );
 
     // A header without an image.
     send(&mut conn, frame(5, 1.0, &[])).await;
     let e = next_answer(&mut conn, ANSWER).await;
-    assert_eq!((e["code"].as_str(), e["seq"].as_u64()), (Some("bad_frame"), Some(5)), "{e}");
+    assert_eq!(
+        (e["code"].as_str(), e["seq"].as_u64()),
+        (Some("bad_frame"), Some(5)),
+        "{e}"
+    );
 
     // A truncated JPEG: caught by the worker's decoder, answered for its seq.
     send(&mut conn, frame(6, 2.0, &jpeg[..jpeg.len() / 2])).await;
     let e = next_answer(&mut conn, ANSWER).await;
-    assert_eq!((e["code"].as_str(), e["seq"].as_u64()), (Some("bad_frame"), Some(6)), "{e}");
+    assert_eq!(
+        (e["code"].as_str(), e["seq"].as_u64()),
+        (Some("bad_frame"), Some(6)),
+        "{e}"
+    );
 
     // Malformed and out-of-range control messages.
-    for text in ["{\"type\":\"config\",", r#"{"type":"config","fps":0}"#, r#"{"type":"reboot"}"#] {
+    for text in [
+        "{\"type\":\"config\",",
+        r#"{"type":"config","fps":0}"#,
+        r#"{"type":"reboot"}"#,
+    ] {
         send(&mut conn, ws::Message::Text(text.into())).await;
         let e = next_answer(&mut conn, ANSWER).await;
         assert_eq!(e["code"], "bad_control", "{text}: {e}");
@@ -119,7 +144,11 @@ async fn bad_input_gets_typed_errors_and_the_session_goes_on() {
     // The session goes on: a good frame still gets its result.
     send(&mut conn, frame(7, 3.0, &jpeg)).await;
     let r = next_answer(&mut conn, ANSWER).await;
-    assert_eq!((r["type"].as_str(), r["seq"].as_u64()), (Some("result"), Some(7)), "{r}");
+    assert_eq!(
+        (r["type"].as_str(), r["seq"].as_u64()),
+        (Some("result"), Some(7)),
+        "{r}"
+    );
     assert_eq!(r["pose"].as_array().unwrap().len(), 33);
 
     // An oversized message closes the connection cleanly with 1009.
@@ -138,11 +167,21 @@ async fn bad_input_gets_typed_errors_and_the_session_goes_on() {
     let mut conn = open_session(&server, &cookie).await;
     send(&mut conn, frame(8, 4.0, &jpeg)).await;
     let r = next_answer(&mut conn, ANSWER).await;
-    assert_eq!((r["type"].as_str(), r["seq"].as_u64()), (Some("result"), Some(8)), "{r}");
+    assert_eq!(
+        (r["type"].as_str(), r["seq"].as_u64()),
+        (Some("result"), Some(8)),
+        "{r}"
+    );
 
     let m = metrics_text(&server).await;
-    assert!(metric(&m, r#"holistream_ws_errors_total{code="bad_frame"}"#) >= 3.0, "{m}");
-    assert!(metric(&m, r#"holistream_ws_errors_total{code="bad_control"}"#) >= 3.0, "{m}");
+    assert!(
+        metric(&m, r#"holistream_ws_errors_total{code="bad_frame"}"#) >= 3.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, r#"holistream_ws_errors_total{code="bad_control"}"#) >= 3.0,
+        "{m}"
+    );
 }
 
 #[actix_web::test]
@@ -154,18 +193,29 @@ async fn sessions_beyond_the_maximum_are_refused_with_503() {
     let a = open_session(&server, &cookie).await;
     let _b = open_session(&server, &cookie).await;
     let refused = ws_connect(&server, Some(&cookie), Some(&server.origin())).await;
-    assert_eq!(refused.err(), Some(actix_web::http::StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(
+        refused.err(),
+        Some(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
+    );
     // A slot frees when a session ends.
     drop(a);
-    common::eventually(Duration::from_secs(10), "a session slot to free up", || async {
-        ws_connect(&server, Some(&cookie), Some(&server.origin())).await.is_ok()
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "a session slot to free up",
+        || async {
+            ws_connect(&server, Some(&cookie), Some(&server.origin()))
+                .await
+                .is_ok()
+        },
+    )
     .await;
 }
 
 /// OS threads of this process.
 fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// 1000 connect/disconnect cycles leave no session and no task behind.
@@ -180,7 +230,11 @@ async fn connect_disconnect_cycles_leak_nothing() {
         let mut conn = open_session(&server, &cookie).await;
         if i % 3 == 0 {
             // A polite close…
-            send(&mut conn, ws::Message::Close(Some(ws::CloseCode::Normal.into()))).await;
+            send(
+                &mut conn,
+                ws::Message::Close(Some(ws::CloseCode::Normal.into())),
+            )
+            .await;
             while let Incoming::Json(_) = next_incoming(&mut conn, ANSWER).await {}
         }
         // …or the client just goes away.
@@ -192,7 +246,10 @@ async fn connect_disconnect_cycles_leak_nothing() {
             })
             .await;
             let _probe = open_session(&server, &cookie).await;
-            baseline = Some((metric_sum(&metrics_text(&server).await, tasks_family), threads()));
+            baseline = Some((
+                metric_sum(&metrics_text(&server).await, tasks_family),
+                threads(),
+            ));
         }
     }
     common::eventually(Duration::from_secs(15), "zero active sessions", || async {
@@ -200,7 +257,10 @@ async fn connect_disconnect_cycles_leak_nothing() {
     })
     .await;
     let _probe = open_session(&server, &cookie).await;
-    let after = (metric_sum(&metrics_text(&server).await, tasks_family), threads());
+    let after = (
+        metric_sum(&metrics_text(&server).await, tasks_family),
+        threads(),
+    );
     let baseline = baseline.expect("baseline sampled");
     // Runtime tasks (actix's connection futures run on a LocalSet, which
     // tokio does not count, so this gauge may stay 0) and OS threads of this

@@ -43,12 +43,20 @@ fn fixtures() -> PathBuf {
 /// Scales `photo` to fit 640x480 and centres it on black, as a webcam frame.
 fn letterbox(photo: &RgbImage) -> RgbImage {
     let (w, h) = CLIP_SIZE;
-    let scale = f64::min(w as f64 / photo.width() as f64, h as f64 / photo.height() as f64);
+    let scale = f64::min(
+        w as f64 / photo.width() as f64,
+        h as f64 / photo.height() as f64,
+    );
     let sw = ((photo.width() as f64 * scale).round() as u32).clamp(1, w);
     let sh = ((photo.height() as f64 * scale).round() as u32).clamp(1, h);
     let scaled = imageops::resize(photo, sw, sh, imageops::FilterType::Triangle);
     let mut frame = RgbImage::new(w, h);
-    imageops::replace(&mut frame, &scaled, ((w - sw) / 2) as i64, ((h - sh) / 2) as i64);
+    imageops::replace(
+        &mut frame,
+        &scaled,
+        ((w - sw) / 2) as i64,
+        ((h - sh) / 2) as i64,
+    );
     frame
 }
 
@@ -59,7 +67,12 @@ fn encode_420(frame: &RgbImage) -> Vec<u8> {
     // Set explicitly: the encoder picks 4:4:4 by itself at quality >= 90.
     encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
     encoder
-        .encode(frame.as_raw(), frame.width() as u16, frame.height() as u16, jpeg_encoder::ColorType::Rgb)
+        .encode(
+            frame.as_raw(),
+            frame.width() as u16,
+            frame.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
         .expect("encoding a clip frame");
     out
 }
@@ -101,7 +114,11 @@ fn clip_frames(clip: &[u8]) -> Vec<(std::ops::Range<usize>, FrameInfo)> {
     let mut i = 0;
     while i + 1 < clip.len() {
         let start = i;
-        assert_eq!(&clip[i..i + 2], &[0xFF, 0xD8], "frame at byte {i} does not start with SOI");
+        assert_eq!(
+            &clip[i..i + 2],
+            &[0xFF, 0xD8],
+            "frame at byte {i} does not start with SOI"
+        );
         i += 2;
         let mut info = None;
         loop {
@@ -115,7 +132,9 @@ fn clip_frames(clip: &[u8]) -> Vec<(std::ops::Range<usize>, FrameInfo)> {
                     baseline: marker == 0xC0,
                     height: u16::from_be_bytes([seg[1], seg[2]]),
                     width: u16::from_be_bytes([seg[3], seg[4]]),
-                    sampling: (0..n).map(|c| (seg[7 + 3 * c] >> 4, seg[7 + 3 * c] & 0x0F)).collect(),
+                    sampling: (0..n)
+                        .map(|c| (seg[7 + 3 * c] >> 4, seg[7 + 3 * c] & 0x0F))
+                        .collect(),
                 });
             }
             i += 2 + len;
@@ -129,7 +148,10 @@ fn clip_frames(clip: &[u8]) -> Vec<(std::ops::Range<usize>, FrameInfo)> {
             i += 1;
         }
         i += 2;
-        frames.push((start..i, info.expect("frame without a start-of-frame segment")));
+        frames.push((
+            start..i,
+            info.expect("frame without a start-of-frame segment"),
+        ));
     }
     frames
 }
@@ -210,7 +232,10 @@ impl ChromeDriver {
             if let Ok(Some(status)) = driver.child.try_wait() {
                 panic!("chromedriver exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "chromedriver did not listen on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         driver
@@ -253,14 +278,26 @@ impl Drop for ChromeDriver {
 
 /// Evaluates `script` (which must `return` a value) until `done` accepts the
 /// value; returns it, or panics with `what` and the last value seen.
-async fn poll_js(client: &Client, timeout: Duration, what: &str, script: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn poll_js(
+    client: &Client,
+    timeout: Duration,
+    what: &str,
+    script: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let value = client.execute(script, vec![]).await.expect("running a script in the page");
+        let value = client
+            .execute(script, vec![])
+            .await
+            .expect("running a script in the page");
         if done(&value) {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last: {value}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {value}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -272,7 +309,10 @@ async fn wait_for_path(client: &Client, path: &str) {
         if url.path() == path {
             return;
         }
-        assert!(Instant::now() < deadline, "page stayed at {url}, expected path {path}");
+        assert!(
+            Instant::now() < deadline,
+            "page stayed at {url}, expected path {path}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -308,17 +348,23 @@ const OVERLAY_PIXELS: &str = r#"
 fn landmark_counts_ok(result: &Value) -> bool {
     let counts = &result["counts"];
     let hand_ok = |v: &Value| v == 0 || v == 21;
-    counts["pose"] == 33 && counts["face"] == 468 && hand_ok(&counts["left_hand"]) && hand_ok(&counts["right_hand"])
+    counts["pose"] == 33
+        && counts["face"] == 468
+        && hand_ok(&counts["left_hand"])
+        && hand_ok(&counts["right_hand"])
 }
 
 fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("HOLISTREAM_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-            .join("artifacts")
-    });
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let dir = std::env::var_os("HOLISTREAM_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+                .join("artifacts")
+        });
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
 }
 
@@ -356,9 +402,12 @@ async fn web_demo_logs_in_streams_draws_and_survives_a_restart() {
 
     // Run the steps, then close the browser whatever happened, so a failed
     // step does not leave a Chromium behind.
-    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-        steps(&client, &mut server, addr, &redis),
-    ))
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(
+        &client,
+        &mut server,
+        addr,
+        &redis,
+    )))
     .await;
     let _ = client.close().await;
     drop(driver);
@@ -371,7 +420,10 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     // 1. The stream page without a session sends the visitor to the login page.
     client.goto(&server.url("/stream.html")).await.unwrap();
     wait_for_path(client, "/").await;
-    client.find(Locator::Id("login-form")).await.expect("the login form");
+    client
+        .find(Locator::Id("login-form"))
+        .await
+        .expect("the login form");
 
     // The page's frame encoder and the server's parser agree on the header.
     let bytes = client
@@ -385,9 +437,14 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
         )
         .await
         .expect("encoding a frame with the page's protocol.js");
-    let bytes: Vec<u8> = serde_json::from_value(bytes.clone()).unwrap_or_else(|_| panic!("protocol.js failed: {bytes}"));
-    let (header, jpeg) = holistream::actors::protocol::parse_frame(&bytes).expect("the server parses the page's frame");
-    assert_eq!((header.seq, header.capture_ts, jpeg), (0xDEAD_BEEF, 1_700_000_000_123.5, &[0xFF, 0xD8, 7, 9][..]));
+    let bytes: Vec<u8> = serde_json::from_value(bytes.clone())
+        .unwrap_or_else(|_| panic!("protocol.js failed: {bytes}"));
+    let (header, jpeg) = holistream::actors::protocol::parse_frame(&bytes)
+        .expect("the server parses the page's frame");
+    assert_eq!(
+        (header.seq, header.capture_ts, jpeg),
+        (0xDEAD_BEEF, 1_700_000_000_123.5, &[0xFF, 0xD8, 7, 9][..])
+    );
 
     // 2. A wrong password shows the server's own message (asked once here,
     // once through the page: two of the five failures the limiter allows).
@@ -401,8 +458,20 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
         .as_str()
         .expect("a 401 carries {\"error\": ...}")
         .to_string();
-    client.find(Locator::Id("code")).await.unwrap().send_keys("wrong-password").await.unwrap();
-    client.find(Locator::Id("login-submit")).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Id("code"))
+        .await
+        .unwrap()
+        .send_keys("wrong-password")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let shown = poll_js(
         client,
         PAGE_TIMEOUT,
@@ -418,13 +487,25 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     let code = client.find(Locator::Id("code")).await.unwrap();
     code.clear().await.unwrap();
     code.send_keys(PASSWORD).await.unwrap();
-    client.find(Locator::Id("login-submit")).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Id("login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_for_path(client, "/stream.html").await;
 
     // 4. Results arrive with MediaPipe's landmark counts.
-    let state = poll_js(client, FIRST_RESULT_TIMEOUT, "results with 33 pose and 468 face landmarks", PAGE_STATE, |s| {
-        s["stats"]["results"].as_u64().unwrap_or(0) >= 5 && landmark_counts_ok(&s["lastResult"])
-    })
+    let state = poll_js(
+        client,
+        FIRST_RESULT_TIMEOUT,
+        "results with 33 pose and 468 face landmarks",
+        PAGE_STATE,
+        |s| {
+            s["stats"]["results"].as_u64().unwrap_or(0) >= 5 && landmark_counts_ok(&s["lastResult"])
+        },
+    )
     .await;
     assert_eq!(state["camera"], "live", "{state}");
     assert_eq!(state["connection"], "open", "{state}");
@@ -450,8 +531,14 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
 
     // 6. Landmarks are drawn: the overlay canvas is no longer blank.
     let overlay = client.execute(OVERLAY_PIXELS, vec![]).await.unwrap();
-    assert!(overlay["differsFromBlank"] == true, "overlay is blank: {overlay}");
-    assert!(overlay["drawn"].as_u64().unwrap() > 1000, "too few overlay pixels: {overlay}");
+    assert!(
+        overlay["differsFromBlank"] == true,
+        "overlay is blank: {overlay}"
+    );
+    assert!(
+        overlay["drawn"].as_u64().unwrap() > 1000,
+        "too few overlay pixels: {overlay}"
+    );
 
     // 7. The screenshot, kept as an artifact.
     let shot = client.screenshot().await.expect("taking a screenshot");
@@ -470,23 +557,44 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     let results_before = before["stats"]["results"].as_u64().unwrap();
     let (outcome, _) = server.stop(Duration::from_secs(30));
     outcome.expect("the server shuts down cleanly");
-    let down = poll_js(client, PAGE_TIMEOUT, "the page to show the disconnect", PAGE_STATE, |s| {
-        s["connection"] != "open" && s["connText"].as_str().is_some_and(|t| t.contains("disconnected") || t.contains("connecting"))
-    })
+    let down = poll_js(
+        client,
+        PAGE_TIMEOUT,
+        "the page to show the disconnect",
+        PAGE_STATE,
+        |s| {
+            s["connection"] != "open"
+                && s["connText"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("disconnected") || t.contains("connecting"))
+        },
+    )
     .await;
     println!("during the restart the page shows: {}", down["connText"]);
     *server = start_server(Some(addr), redis).await;
-    let after = poll_js(client, FIRST_RESULT_TIMEOUT, "results after the restart", PAGE_STATE, |s| {
-        s["connection"] == "open"
-            && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
-            && s["stats"]["results"].as_u64().unwrap_or(0) >= results_before + 5
-            && landmark_counts_ok(&s["lastResult"])
-    })
+    let after = poll_js(
+        client,
+        FIRST_RESULT_TIMEOUT,
+        "results after the restart",
+        PAGE_STATE,
+        |s| {
+            s["connection"] == "open"
+                && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
+                && s["stats"]["results"].as_u64().unwrap_or(0) >= results_before + 5
+                && landmark_counts_ok(&s["lastResult"])
+        },
+    )
     .await;
-    assert_eq!(client.current_url().await.unwrap().path(), "/stream.html", "the session survived the restart");
+    assert_eq!(
+        client.current_url().await.unwrap().path(),
+        "/stream.html",
+        "the session survived the restart"
+    );
     let shown_errors = after["errors"].as_array().unwrap();
     assert!(
-        shown_errors.iter().any(|e| e.as_str().unwrap().contains("WebSocket closed")),
+        shown_errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("WebSocket closed")),
         "the disconnect is listed among the page's errors: {after}"
     );
     let shot = client.screenshot().await.expect("taking a screenshot");

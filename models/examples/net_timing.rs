@@ -19,7 +19,13 @@ fn main() {
         let input = vec![0.5f32; h * w * 3];
         nets.run_timed(net, &input).expect("warm-up");
         let mut times: Vec<f64> = (0..runs)
-            .map(|_| nets.run_timed(net, &input).expect("forward").1.as_secs_f64() * 1e3)
+            .map(|_| {
+                nets.run_timed(net, &input)
+                    .expect("forward")
+                    .1
+                    .as_secs_f64()
+                    * 1e3
+            })
             .collect();
         times.sort_by(f64::total_cmp);
         println!(

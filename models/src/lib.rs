@@ -58,7 +58,11 @@ impl Net {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("{net:?} expects {expected} input floats, got {got}")]
-    InputSize { net: Net, expected: usize, got: usize },
+    InputSize {
+        net: Net,
+        expected: usize,
+        got: usize,
+    },
     #[error("loading {net:?} weights failed: {message}")]
     Load { net: Net, message: String },
     #[error("reading {net:?} outputs failed: {message}")]

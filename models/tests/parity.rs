@@ -60,7 +60,11 @@ fn every_net_matches_tflite_on_its_fixture() {
         assert_eq!(meta["net"], net.name());
         let outputs = nets.run(net, &fixture_input(net, &meta)).unwrap();
         let expected_outputs = meta["outputs"].as_array().unwrap();
-        assert_eq!(outputs.len(), expected_outputs.len(), "{net:?} output count");
+        assert_eq!(
+            outputs.len(),
+            expected_outputs.len(),
+            "{net:?} output count"
+        );
 
         for (got, spec) in outputs.iter().zip(expected_outputs) {
             let name = spec["name"].as_str().unwrap();
@@ -81,7 +85,10 @@ fn every_net_matches_tflite_on_its_fixture() {
                 .zip(&expected)
                 .map(|(g, e)| (g - e).abs())
                 .enumerate()
-                .fold((0, 0f32), |acc, (i, d)| if d > acc.1 { (i, d) } else { acc });
+                .fold(
+                    (0, 0f32),
+                    |acc, (i, d)| if d > acc.1 { (i, d) } else { acc },
+                );
             assert!(
                 got.iter().all(|v| v.is_finite()),
                 "{net:?}/{name}: non-finite output"

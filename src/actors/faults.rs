@@ -188,10 +188,18 @@ impl fmt::Display for FaultPlan {
             parts.push(format!("panic={}", self.panic));
         }
         if self.stall > 0.0 {
-            parts.push(format!("stall={}:{}", self.stall, format_duration(self.stall_for)));
+            parts.push(format!(
+                "stall={}:{}",
+                self.stall,
+                format_duration(self.stall_for)
+            ));
         }
         if self.slow > 0.0 {
-            parts.push(format!("slow={}:{}", self.slow, format_duration(self.slow_by)));
+            parts.push(format!(
+                "slow={}:{}",
+                self.slow,
+                format_duration(self.slow_by)
+            ));
         }
         f.write_str(&parts.join(","))
     }
@@ -238,16 +246,34 @@ mod tests {
 
     #[test]
     fn refuses_bad_plans_with_a_reason() {
-        assert_eq!("panic".parse::<FaultPlan>().unwrap_err(), FaultPlanError::Syntax("panic".into()));
-        assert_eq!("boom=0.1".parse::<FaultPlan>().unwrap_err(), FaultPlanError::Kind("boom".into()));
-        assert_eq!("panic=2".parse::<FaultPlan>().unwrap_err(), FaultPlanError::Rate("2".into()));
-        assert_eq!("panic=x".parse::<FaultPlan>().unwrap_err(), FaultPlanError::Rate("x".into()));
+        assert_eq!(
+            "panic".parse::<FaultPlan>().unwrap_err(),
+            FaultPlanError::Syntax("panic".into())
+        );
+        assert_eq!(
+            "boom=0.1".parse::<FaultPlan>().unwrap_err(),
+            FaultPlanError::Kind("boom".into())
+        );
+        assert_eq!(
+            "panic=2".parse::<FaultPlan>().unwrap_err(),
+            FaultPlanError::Rate("2".into())
+        );
+        assert_eq!(
+            "panic=x".parse::<FaultPlan>().unwrap_err(),
+            FaultPlanError::Rate("x".into())
+        );
         assert_eq!(
             "stall=0.1:2h".parse::<FaultPlan>().unwrap_err(),
             FaultPlanError::Duration("2h".into())
         );
-        assert!(matches!("panic=0.1:2s".parse::<FaultPlan>(), Err(FaultPlanError::UnexpectedDuration(_))));
-        assert!(matches!("panic=0.6,slow=0.6".parse::<FaultPlan>(), Err(FaultPlanError::Total(_))));
+        assert!(matches!(
+            "panic=0.1:2s".parse::<FaultPlan>(),
+            Err(FaultPlanError::UnexpectedDuration(_))
+        ));
+        assert!(matches!(
+            "panic=0.6,slow=0.6".parse::<FaultPlan>(),
+            Err(FaultPlanError::Total(_))
+        ));
     }
 
     #[test]
@@ -280,7 +306,10 @@ mod tests {
         }
         let w: W = serde_json::from_str(r#"{"faults":"slow=0.5:20ms"}"#).unwrap();
         assert_eq!(w.faults.slow, 0.5);
-        assert_eq!(serde_json::to_string(&w).unwrap(), r#"{"faults":"slow=0.5:20ms"}"#);
+        assert_eq!(
+            serde_json::to_string(&w).unwrap(),
+            r#"{"faults":"slow=0.5:20ms"}"#
+        );
         assert!(serde_json::from_str::<W>(r#"{"faults":"slow=5"}"#).is_err());
     }
 }

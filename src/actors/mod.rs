@@ -77,11 +77,16 @@ impl PoolConfig {
         if self.kind == remote::PoolKind::Redis {
             self.remote.validate()?;
             if self.remote.redis_url.is_none() {
-                return Err("pool.kind = \"redis\" needs a Redis URL (REDIS_URL or --redis-url)".into());
+                return Err(
+                    "pool.kind = \"redis\" needs a Redis URL (REDIS_URL or --redis-url)".into(),
+                );
             }
         }
         if self.workers == 0 || self.workers > 256 {
-            return Err(format!("pool.workers must be in 1..=256, got {}", self.workers));
+            return Err(format!(
+                "pool.workers must be in 1..=256, got {}",
+                self.workers
+            ));
         }
         if self.queue_capacity == 0 {
             return Err("pool.queue_capacity must be at least 1".into());
@@ -136,7 +141,10 @@ impl SessionConfig {
     /// Checks the values, with a message that names the setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_fps == 0 || self.max_fps > 1000 {
-            return Err(format!("session.max_fps must be in 1..=1000, got {}", self.max_fps));
+            return Err(format!(
+                "session.max_fps must be in 1..=1000, got {}",
+                self.max_fps
+            ));
         }
         if self.default_fps == 0 || self.default_fps > self.max_fps {
             return Err(format!(
@@ -145,7 +153,9 @@ impl SessionConfig {
             ));
         }
         if self.stats_interval_ms == 0 || self.heartbeat_interval_ms == 0 {
-            return Err("session.stats_interval_ms and heartbeat_interval_ms must be positive".into());
+            return Err(
+                "session.stats_interval_ms and heartbeat_interval_ms must be positive".into(),
+            );
         }
         if self.client_timeout_ms <= self.heartbeat_interval_ms {
             return Err(format!(
@@ -186,9 +196,16 @@ mod tests {
 
     #[test]
     fn validation_names_the_setting() {
-        let p = PoolConfig { workers: 0, ..Default::default() };
+        let p = PoolConfig {
+            workers: 0,
+            ..Default::default()
+        };
         assert!(p.validate().unwrap_err().contains("pool.workers"));
-        let s = SessionConfig { default_fps: 100, max_fps: 30, ..Default::default() };
+        let s = SessionConfig {
+            default_fps: 100,
+            max_fps: 30,
+            ..Default::default()
+        };
         assert!(s.validate().unwrap_err().contains("session.default_fps"));
     }
 }

@@ -26,8 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use ractor::concurrency::JoinHandle;
 use ractor::factory::{
     DeadMansSwitchConfiguration, DiscardHandler, DiscardMode, DiscardReason, DiscardSettings,
-    Factory, FactoryArguments, FactoryMessage, FactoryStatsLayer, Job, JobOptions, queues,
-    routing,
+    Factory, FactoryArguments, FactoryMessage, FactoryStatsLayer, Job, JobOptions, queues, routing,
 };
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
@@ -35,8 +34,8 @@ use uuid::Uuid;
 
 use super::PoolConfig;
 use super::faults::FaultPlan;
-use super::remote::{PoolKind, RemotePool, RemotePoolError};
 use super::protocol::{ErrorCode, FrameTimings};
+use super::remote::{PoolKind, RemotePool, RemotePoolError};
 use super::worker::{InferenceWorker, InferenceWorkerBuilder, ModelThread, WorkerShared};
 use crate::http::Metrics;
 use crate::model::{Mode, Parts, TrackingState};
@@ -111,9 +110,9 @@ impl FrameFailure {
     pub fn code(&self) -> ErrorCode {
         match self {
             FrameFailure::BadFrame(_) => ErrorCode::BadFrame,
-            FrameFailure::Inference | FrameFailure::WorkerPanicked | FrameFailure::WorkerStalled => {
-                ErrorCode::WorkerFailed
-            }
+            FrameFailure::Inference
+            | FrameFailure::WorkerPanicked
+            | FrameFailure::WorkerStalled => ErrorCode::WorkerFailed,
             FrameFailure::Overloaded => ErrorCode::Overloaded,
             FrameFailure::Expired => ErrorCode::Expired,
             FrameFailure::Lost => ErrorCode::Lost,
@@ -167,7 +166,9 @@ pub struct PoolJob {
 
 impl std::fmt::Debug for PoolJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolJob").field("seq", &self.seq).finish_non_exhaustive()
+        f.debug_struct("PoolJob")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
     }
 }
 
@@ -287,7 +288,10 @@ impl InferencePool {
             thread
                 .wait_ready()
                 .await
-                .map_err(|message| PoolError::Model { worker: wid, message })?;
+                .map_err(|message| PoolError::Model {
+                    worker: wid,
+                    message,
+                })?;
         }
 
         let worker_builder: Box<
@@ -344,7 +348,9 @@ impl InferencePool {
         match self {
             InferencePool::Local(pool) => *pool.faults.write() = plan,
             // Faults are injected by local workers only.
-            InferencePool::Remote(_) => tracing::warn!(?plan, "fault injection ignored: the pool is remote"),
+            InferencePool::Remote(_) => {
+                tracing::warn!(?plan, "fault injection ignored: the pool is remote")
+            }
         }
     }
 
@@ -390,9 +396,9 @@ impl LocalPool {
             seq,
             submitted: Instant::now(),
         };
-        if let Err(err) = self
-            .factory
-            .dispatch_with_options(key, job, JobOptions::new(Some(self.job_ttl)))
+        if let Err(err) =
+            self.factory
+                .dispatch_with_options(key, job, JobOptions::new(Some(self.job_ttl)))
         {
             // The factory is gone: the job comes back inside the error; answer it.
             if let ractor::MessagingErr::SendErr(FactoryMessage::Dispatch(mut job)) = *err {

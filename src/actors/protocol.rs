@@ -273,7 +273,12 @@ impl ServerMessage<'_> {
 /// `landmarks_json` is the JSON object body `"pose":[…],"face":[…],…` without
 /// braces, serialised by the worker; the envelope is written by hand so the
 /// timings (which include the serialisation) can go in last.
-pub fn result_json(seq: u32, capture_ts: f64, timings: &FrameTimings, landmarks_json: &str) -> String {
+pub fn result_json(
+    seq: u32,
+    capture_ts: f64,
+    timings: &FrameTimings,
+    landmarks_json: &str,
+) -> String {
     // unwrap: a struct of f64 always serialises.
     let timings = serde_json::to_string(timings).unwrap();
     let capture_ts = serde_json::Number::from_f64(capture_ts)
@@ -305,28 +310,52 @@ mod tests {
 
     #[test]
     fn header_is_little_endian_at_documented_offsets() {
-        let msg = FrameHeader { seq: 1, capture_ts: 2.0 }.encode(&[0xFF, 0xD8]);
+        let msg = FrameHeader {
+            seq: 1,
+            capture_ts: 2.0,
+        }
+        .encode(&[0xFF, 0xD8]);
         assert_eq!(&msg[0..5], &[0xA1, 1, 0, 0, 0]);
         assert_eq!(&msg[5..13], &2.0f64.to_le_bytes());
     }
 
     #[test]
     fn bad_frames_are_typed() {
-        assert_eq!(parse_frame(&[0xA1, 0, 0]).unwrap_err(), FrameError::ShortHeader(3));
-        let mut msg = FrameHeader { seq: 1, capture_ts: 0.0 }.encode(&[0xFF, 0xD8]);
+        assert_eq!(
+            parse_frame(&[0xA1, 0, 0]).unwrap_err(),
+            FrameError::ShortHeader(3)
+        );
+        let mut msg = FrameHeader {
+            seq: 1,
+            capture_ts: 0.0,
+        }
+        .encode(&[0xFF, 0xD8]);
         msg[0] = 0x00;
         assert_eq!(parse_frame(&msg).unwrap_err(), FrameError::Version(0));
-        let header_only = FrameHeader { seq: 1, capture_ts: 0.0 }.encode(&[]);
+        let header_only = FrameHeader {
+            seq: 1,
+            capture_ts: 0.0,
+        }
+        .encode(&[]);
         assert_eq!(parse_frame(&header_only).unwrap_err(), FrameError::NoImage);
-        let png = FrameHeader { seq: 1, capture_ts: 0.0 }.encode(b"\x89PNG");
+        let png = FrameHeader {
+            seq: 1,
+            capture_ts: 0.0,
+        }
+        .encode(b"\x89PNG");
         assert_eq!(parse_frame(&png).unwrap_err(), FrameError::NotJpeg);
-        let nan = FrameHeader { seq: 1, capture_ts: f64::NAN }.encode(&[0xFF, 0xD8]);
+        let nan = FrameHeader {
+            seq: 1,
+            capture_ts: f64::NAN,
+        }
+        .encode(&[0xFF, 0xD8]);
         assert_eq!(parse_frame(&nan).unwrap_err(), FrameError::CaptureTs);
     }
 
     #[test]
     fn control_messages_parse_and_validate() {
-        let msg = parse_control(r#"{"type":"config","fps":15,"parts":["pose","hands"]}"#, 30).unwrap();
+        let msg =
+            parse_control(r#"{"type":"config","fps":15,"parts":["pose","hands"]}"#, 30).unwrap();
         let ControlMessage::Config { fps, parts } = msg;
         assert_eq!(fps, Some(15));
         let parts = parts_from_names(&parts.unwrap());
@@ -348,7 +377,10 @@ mod tests {
             r#"{"type":"config","fps":-1}"#,
             r#"{"type":"config","colour":"red"}"#,
         ] {
-            assert!(matches!(parse_control(bad, 30), Err(ControlError::Json(_))), "{bad}");
+            assert!(
+                matches!(parse_control(bad, 30), Err(ControlError::Json(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -361,7 +393,12 @@ mod tests {
             serialize_ms: 0.5,
             total_ms: 7.0,
         };
-        let s = result_json(7, 123.25, &t, r#""pose":[],"face":[],"left_hand":[],"right_hand":[]"#);
+        let s = result_json(
+            7,
+            123.25,
+            &t,
+            r#""pose":[],"face":[],"left_hand":[],"right_hand":[]"#,
+        );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["type"], "result");
         assert_eq!(v["seq"], 7);

@@ -160,7 +160,9 @@ impl RemotePoolConfig {
         if let Some(id) = &self.gateway_id
             && (id.is_empty()
                 || id.len() > 64
-                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
             return Err(format!(
                 "pool.remote.gateway_id must be 1 to 64 of [A-Za-z0-9_-], got {id:?}"
@@ -568,7 +570,9 @@ struct Shared {
 impl Shared {
     fn take(&self, job: u64) -> Option<WaitingJob> {
         let taken = self.waiting.lock().remove(&job);
-        self.metrics.queue_depth.set(self.waiting.lock().len() as i64);
+        self.metrics
+            .queue_depth
+            .set(self.waiting.lock().len() as i64);
         taken
     }
 
@@ -640,7 +644,15 @@ impl RemotePool {
             // here; its counts stay out of /metrics but in `stats()`.
             tracing::debug!(error = %e, "remote_jobs_total already registered");
         }
-        for outcome in ["submitted", "result", "trimmed", "expired", "lost", "refused", "late"] {
+        for outcome in [
+            "submitted",
+            "result",
+            "trimmed",
+            "expired",
+            "lost",
+            "refused",
+            "late",
+        ] {
             jobs_total.with_label_values(&[outcome]);
         }
         let shared = Arc::new(Shared {
@@ -749,9 +761,10 @@ impl RemotePool {
                         .arg(wire.to_fields())
                         .query_async(&mut redis)
                         .await;
-                    match added.map_err(|e| e.to_string()).and_then(|id| {
-                        id.parse::<EntryId>().map_err(|e| e.to_string())
-                    }) {
+                    match added
+                        .map_err(|e| e.to_string())
+                        .and_then(|id| id.parse::<EntryId>().map_err(|e| e.to_string()))
+                    {
                         Ok(id) => {
                             if let Some(w) = shared.waiting.lock().get_mut(&job) {
                                 w.entry = Some(id);
@@ -895,7 +908,10 @@ fn deliver(shared: &Shared, entry: &StreamId) {
                 serialize_ms: timings.serialize_ms,
                 total_ms: waiting.arrived.elapsed().as_secs_f64() * 1e3,
             };
-            shared.metrics.inference_seconds.observe(timings.infer_ms / 1e3);
+            shared
+                .metrics
+                .inference_seconds
+                .observe(timings.infer_ms / 1e3);
             let json = result_json(waiting.seq, waiting.capture_ts, &timings, &landmarks);
             let _ = waiting.reply.send(FrameDone {
                 seq: waiting.seq,
@@ -975,21 +991,23 @@ struct StreamView {
 }
 
 async fn stream_view(redis: &mut ConnectionManager) -> Option<StreamView> {
-    let (groups, first): (redis::streams::StreamInfoGroupsReply, redis::streams::StreamRangeReply) =
-        redis::pipe()
-            .cmd("XINFO")
-            .arg("GROUPS")
-            .arg(JOBS_STREAM)
-            .cmd("XRANGE")
-            .arg(JOBS_STREAM)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(redis)
-            .await
-            .map_err(|e| tracing::debug!(error = %e, "reading the jobs stream's state failed"))
-            .ok()?;
+    let (groups, first): (
+        redis::streams::StreamInfoGroupsReply,
+        redis::streams::StreamRangeReply,
+    ) = redis::pipe()
+        .cmd("XINFO")
+        .arg("GROUPS")
+        .arg(JOBS_STREAM)
+        .cmd("XRANGE")
+        .arg(JOBS_STREAM)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "reading the jobs stream's state failed"))
+        .ok()?;
     let group = groups.groups.iter().find(|g| g.name == WORKERS_GROUP)?;
     Some(StreamView {
         last_delivered: group.last_delivered_id.parse().ok()?,
@@ -1042,7 +1060,10 @@ mod tests {
         let jpeg = fields.iter().find(|(k, _)| *k == "jpeg").unwrap();
         assert_eq!(jpeg.1, vec![0xFF, 0xD8, 0x00, 0xFF, 0xD9]);
         let back = WireJob::from_entry(&entry(fields)).unwrap();
-        assert_eq!((back.gateway.as_str(), back.job, back.ttl_ms), ("gw1", 42, 300));
+        assert_eq!(
+            (back.gateway.as_str(), back.job, back.ttl_ms),
+            ("gw1", 42, 300)
+        );
         assert!(matches!(back.mode, Mode::Tracking));
         assert!(back.parts.pose && !back.parts.face && back.parts.hands);
         assert_eq!(back.timestamp_us, 123_456);
@@ -1068,10 +1089,16 @@ mod tests {
         .to_fields();
         fields[0].1 = b"2".to_vec();
         let e = entry(fields);
-        assert_eq!(WireJob::from_entry(&e).unwrap_err(), WireError::Version("2".into()));
+        assert_eq!(
+            WireJob::from_entry(&e).unwrap_err(),
+            WireError::Version("2".into())
+        );
         assert_eq!(WireJob::reply_address(&e), Some(("gw1".into(), 7)));
         let bare = entry(vec![("v", b"1".to_vec())]);
-        assert!(matches!(WireJob::from_entry(&bare), Err(WireError::Missing(_))));
+        assert!(matches!(
+            WireJob::from_entry(&bare),
+            Err(WireError::Missing(_))
+        ));
         assert_eq!(WireJob::reply_address(&bare), None);
     }
 

@@ -59,7 +59,8 @@ impl FpsLimiter {
 
     /// True if a frame arriving at `now` is within the cap (and takes a token).
     pub fn admit(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() / self.interval.as_secs_f64();
+        let refill =
+            now.saturating_duration_since(self.last).as_secs_f64() / self.interval.as_secs_f64();
         self.tokens = (self.tokens + refill).min(Self::BURST);
         self.last = now;
         if self.tokens >= 1.0 {
@@ -169,7 +170,9 @@ impl SessionRegistry {
     pub fn try_open(&self) -> Result<SessionTicket, SessionsFull> {
         let mut open = self.inner.open.lock();
         if open.len() >= self.inner.max {
-            return Err(SessionsFull { max: self.inner.max });
+            return Err(SessionsFull {
+                max: self.inner.max,
+            });
         }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         open.insert(conn, None);
@@ -215,14 +218,17 @@ impl SessionTicket {
     pub fn conn(&self) -> u64 {
         self.conn
     }
-
 }
 
 impl Drop for SessionTicket {
     fn drop(&mut self) {
         let mut open = self.registry.inner.open.lock();
         open.remove(&self.conn);
-        self.registry.inner.metrics.sessions_active.set(open.len() as i64);
+        self.registry
+            .inner
+            .metrics
+            .sessions_active
+            .set(open.len() as i64);
     }
 }
 
@@ -296,15 +302,27 @@ impl SessionActor {
         self
     }
 
-    fn send_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, seq: Option<u32>, code: ErrorCode, message: &str) {
-        self.metrics.ws_errors_total.with_label_values(&[code.as_str()]).inc();
+    fn send_error(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        seq: Option<u32>,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.metrics
+            .ws_errors_total
+            .with_label_values(&[code.as_str()])
+            .inc();
         ctx.text(ServerMessage::Error { seq, code, message }.to_json());
     }
 
     fn on_frame(&mut self, msg: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
         let arrived = Instant::now();
         self.stats.received += 1;
-        self.metrics.frames_total.with_label_values(&["received"]).inc();
+        self.metrics
+            .frames_total
+            .with_label_values(&["received"])
+            .inc();
         let (header, jpeg) = match parse_frame(&msg) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -313,7 +331,10 @@ impl SessionActor {
                 let seq = (msg.len() >= 5 && msg[0] == FRAME_VERSION)
                     .then(|| u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]));
                 self.stats.errors += 1;
-                self.metrics.frames_total.with_label_values(&["error"]).inc();
+                self.metrics
+                    .frames_total
+                    .with_label_values(&["error"])
+                    .inc();
                 self.send_error(ctx, seq, ErrorCode::BadFrame, &e.to_string());
                 return;
             }
@@ -341,7 +362,8 @@ impl SessionActor {
 
     fn dispatch(&mut self, frame: WaitingFrame, ctx: &mut ws::WebsocketContext<Self>) {
         // Pipeline timestamps must increase strictly within a session.
-        let ts = i64::try_from(frame.arrived.duration_since(self.started).as_micros()).unwrap_or(i64::MAX);
+        let ts = i64::try_from(frame.arrived.duration_since(self.started).as_micros())
+            .unwrap_or(i64::MAX);
         let timestamp_us = ts.max(self.last_timestamp_us + 1);
         self.last_timestamp_us = timestamp_us;
         let job = FrameJob {
@@ -358,7 +380,11 @@ impl SessionActor {
         };
         self.in_flight = true;
         let answer = self.pool.submit(job);
-        ctx.spawn(answer.into_actor(self).map(|done, act, ctx| act.on_done(done, ctx)));
+        ctx.spawn(
+            answer
+                .into_actor(self)
+                .map(|done, act, ctx| act.on_done(done, ctx)),
+        );
     }
 
     fn on_done(&mut self, done: FrameDone, ctx: &mut ws::WebsocketContext<Self>) {
@@ -367,18 +393,27 @@ impl SessionActor {
         match done.outcome {
             Ok(output) => {
                 self.stats.processed += 1;
-                self.metrics.frames_total.with_label_values(&["processed"]).inc();
+                self.metrics
+                    .frames_total
+                    .with_label_values(&["processed"])
+                    .inc();
                 ctx.text(output.json);
             }
             Err(failure) => {
                 match &failure {
                     FrameFailure::Overloaded => {
                         self.stats.dropped_overload += 1;
-                        self.metrics.drops_total.with_label_values(&["overload"]).inc();
+                        self.metrics
+                            .drops_total
+                            .with_label_values(&["overload"])
+                            .inc();
                     }
                     FrameFailure::Expired => {
                         self.stats.dropped_expired += 1;
-                        self.metrics.drops_total.with_label_values(&["expired"]).inc();
+                        self.metrics
+                            .drops_total
+                            .with_label_values(&["expired"])
+                            .inc();
                     }
                     FrameFailure::Lost => {
                         self.stats.errors += 1;
@@ -386,7 +421,10 @@ impl SessionActor {
                     }
                     _ => {
                         self.stats.errors += 1;
-                        self.metrics.frames_total.with_label_values(&["error"]).inc();
+                        self.metrics
+                            .frames_total
+                            .with_label_values(&["error"])
+                            .inc();
                     }
                 }
                 self.send_error(ctx, Some(done.seq), failure.code(), &failure.to_string());
@@ -462,9 +500,12 @@ impl Actor for SessionActor {
                 ctx.ping(b"");
             }
         });
-        ctx.run_interval(Duration::from_millis(self.cfg.stats_interval_ms), |act, ctx| {
-            ctx.text(ServerMessage::Stats(act.stats).to_json());
-        });
+        ctx.run_interval(
+            Duration::from_millis(self.cfg.stats_interval_ms),
+            |act, ctx| {
+                ctx.text(ServerMessage::Stats(act.stats).to_json());
+            },
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -490,7 +531,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             Ok(msg) => msg,
             Err(ws::ProtocolError::Overflow) => {
                 tracing::info!(session = %self.session, "message over the size limit; closing with 1009");
-                self.metrics.ws_errors_total.with_label_values(&["too_big"]).inc();
+                self.metrics
+                    .ws_errors_total
+                    .with_label_values(&["too_big"])
+                    .inc();
                 ctx.close(Some(ws::CloseReason {
                     code: ws::CloseCode::Size,
                     description: Some(format!(
@@ -503,7 +547,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             }
             Err(e) => {
                 tracing::info!(session = %self.session, error = %e, "WebSocket protocol error; closing");
-                self.metrics.ws_errors_total.with_label_values(&["protocol"]).inc();
+                self.metrics
+                    .ws_errors_total
+                    .with_label_values(&["protocol"])
+                    .inc();
                 ctx.close(Some(ws::CloseReason {
                     code: ws::CloseCode::Protocol,
                     description: Some("protocol error".into()),
@@ -524,7 +571,12 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             }
             ws::Message::Continuation(_) => {
                 self.stats.errors += 1;
-                self.send_error(ctx, None, ErrorCode::Unsupported, "fragmented messages are not supported");
+                self.send_error(
+                    ctx,
+                    None,
+                    ErrorCode::Unsupported,
+                    "fragmented messages are not supported",
+                );
             }
             ws::Message::Nop => {}
         }

@@ -272,7 +272,10 @@ pub struct InferenceWorkerState {
 impl Drop for InferenceWorkerState {
     fn drop(&mut self) {
         if !self.exit_counted {
-            tracing::warn!(worker = self.wid, "inference worker killed by the dead-man's switch");
+            tracing::warn!(
+                worker = self.wid,
+                "inference worker killed by the dead-man's switch"
+            );
             self.metrics
                 .worker_restarts_total
                 .with_label_values(&["stall"])
@@ -422,7 +425,9 @@ impl InferenceWorkerBuilder {
     }
 }
 
-impl ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>> for InferenceWorkerBuilder {
+impl ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>>
+    for InferenceWorkerBuilder
+{
     fn build(&mut self, wid: WorkerId) -> (InferenceWorker, Option<ModelThread>) {
         let prepared = self.prepared.get_mut(wid).and_then(Option::take);
         (

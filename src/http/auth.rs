@@ -106,7 +106,10 @@ pub fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
     let origin_host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
@@ -212,7 +215,13 @@ pub async fn login(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let ip = client_ip(&req);
-    let count = |outcome: &str| state.metrics.logins_total.with_label_values(&[outcome]).inc();
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .logins_total
+            .with_label_values(&[outcome])
+            .inc()
+    };
     if let Err(retry_after) = state.auth.limiter.check(ip) {
         count("rate_limited");
         // Round up: a client that waits the advertised time must get through.
@@ -316,7 +325,10 @@ mod tests {
         }
         let retry = l.check(ip).unwrap_err();
         assert!(retry > Duration::from_secs(55) && retry <= Duration::from_secs(60));
-        assert!(l.check(other).is_ok(), "one address must not lock out another");
+        assert!(
+            l.check(other).is_ok(),
+            "one address must not lock out another"
+        );
     }
 
     #[test]
@@ -377,14 +389,35 @@ mod tests {
 
     #[test]
     fn cookie_attributes() {
-        let auth = Auth::new("x".into(), true, LoginLimiter::new(5, Duration::from_secs(60), 10));
+        let auth = Auth::new(
+            "x".into(),
+            true,
+            LoginLimiter::new(5, Duration::from_secs(60), 10),
+        );
         let id = Uuid::new_v4();
-        let c = auth.session_cookie(id, Duration::from_secs(3600)).to_string();
+        let c = auth
+            .session_cookie(id, Duration::from_secs(3600))
+            .to_string();
         assert!(c.starts_with(&format!("holistream_session={id}")), "{c}");
-        for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=3600", "Secure"] {
+        for attr in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/",
+            "Max-Age=3600",
+            "Secure",
+        ] {
             assert!(c.contains(attr), "{attr} missing in {c}");
         }
-        let insecure = Auth::new("x".into(), false, LoginLimiter::new(5, Duration::from_secs(60), 10));
-        assert!(!insecure.session_cookie(id, Duration::from_secs(1)).to_string().contains("Secure"));
+        let insecure = Auth::new(
+            "x".into(),
+            false,
+            LoginLimiter::new(5, Duration::from_secs(60), 10),
+        );
+        assert!(
+            !insecure
+                .session_cookie(id, Duration::from_secs(1))
+                .to_string()
+                .contains("Secure")
+        );
     }
 }

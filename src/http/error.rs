@@ -102,6 +102,9 @@ mod tests {
     fn store_outage_is_503() {
         let e: Error = StoreError::Unavailable("PTTL: timeout".into()).into();
         assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.to_string(), "session store unavailable, try again shortly");
+        assert_eq!(
+            e.to_string(),
+            "session store unavailable, try again shortly"
+        );
     }
 }

@@ -49,7 +49,8 @@ impl Metrics {
         // Registration fails only on duplicate names or invalid options, both
         // constants here: a panic at start-up is the right signal for that bug.
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone())).expect("metric registration");
+            r.register(Box::new(c.clone()))
+                .expect("metric registration");
             c
         }
         let counter_vec = |name: &str, help: &str, label: &str| {
@@ -177,11 +178,23 @@ mod tests {
         m.sessions_active.set(2);
         m.inference_seconds.observe(0.03);
         let text = m.render();
-        assert!(text.contains("holistream_drops_total{reason=\"stale\"} 3"), "{text}");
-        assert!(text.contains("holistream_drops_total{reason=\"fps\"} 0"), "{text}");
-        assert!(text.contains("holistream_worker_restarts_total{reason=\"panic\"} 1"), "{text}");
+        assert!(
+            text.contains("holistream_drops_total{reason=\"stale\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("holistream_drops_total{reason=\"fps\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("holistream_worker_restarts_total{reason=\"panic\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("holistream_sessions_active 2"), "{text}");
-        assert!(text.contains("holistream_inference_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("holistream_inference_seconds_count 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -189,6 +202,9 @@ mod tests {
         let a = Metrics::new();
         let b = a.clone();
         b.frames_total.with_label_values(&["processed"]).inc();
-        assert!(a.render().contains("holistream_frames_total{outcome=\"processed\"} 1"));
+        assert!(
+            a.render()
+                .contains("holistream_frames_total{outcome=\"processed\"} 1")
+        );
     }
 }

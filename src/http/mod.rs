@@ -135,7 +135,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let addr = listener.local_addr().context("reading the listener's address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
     let config = Arc::new(config);
     let metrics = Metrics::new();
     let password = resolve_password(&config);

@@ -222,7 +222,10 @@ impl SessionStore {
         let id = Uuid::new_v4();
         let ttl = self.inner.ttl;
         if let Some(redis) = &self.inner.redis {
-            redis.put(id, ttl).await.inspect_err(|_| self.redis_failed())?;
+            redis
+                .put(id, ttl)
+                .await
+                .inspect_err(|_| self.redis_failed())?;
         }
         let now = Instant::now();
         self.insert_local(
@@ -240,7 +243,10 @@ impl SessionStore {
     /// that the others still accept.
     pub async fn revoke(&self, id: Uuid) -> Result<(), StoreError> {
         if let Some(redis) = &self.inner.redis {
-            redis.delete(id).await.inspect_err(|_| self.redis_failed())?;
+            redis
+                .delete(id)
+                .await
+                .inspect_err(|_| self.redis_failed())?;
         }
         self.remove_local(id);
         Ok(())
@@ -433,7 +439,10 @@ mod tests {
         let mut s = settings(Duration::from_secs(60));
         s.redis_url = Some("redis://127.0.0.1:1/".into());
         let store = SessionStore::new(s, Metrics::new()).unwrap();
-        assert!(matches!(store.create().await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            store.create().await,
+            Err(StoreError::Unavailable(_))
+        ));
         assert!(matches!(
             store.verify(Uuid::new_v4()).await,
             Err(StoreError::Unavailable(_))

@@ -28,17 +28,23 @@ pub async fn ws_route(
     let cfg = Arc::new(state.config.session.clone());
     let max_message_bytes = cfg.max_message_bytes;
     let store = state.store.clone();
-    let actor = SessionActor::new(session, ticket, cfg, state.pool.clone(), state.metrics.clone())
-        .close_when(
-            state.shutdown.clone().cancelled_owned(),
-            ws::CloseCode::Away,
-            "server shutting down",
-        )
-        .close_when(
-            async move { store.wait_until_invalid(session).await },
-            ws::CloseCode::Policy,
-            "session ended (logged out or expired)",
-        );
+    let actor = SessionActor::new(
+        session,
+        ticket,
+        cfg,
+        state.pool.clone(),
+        state.metrics.clone(),
+    )
+    .close_when(
+        state.shutdown.clone().cancelled_owned(),
+        ws::CloseCode::Away,
+        "server shutting down",
+    )
+    .close_when(
+        async move { store.wait_until_invalid(session).await },
+        ws::CloseCode::Policy,
+        "session ended (logged out or expired)",
+    );
     let registry = state.sessions.clone();
     let (addr, response) = ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(max_message_bytes)

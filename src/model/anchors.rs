@@ -82,22 +82,64 @@ mod tests {
         assert_eq!(a.len(), 1568 + 392 + 294);
         assert_eq!(a.len(), 2254);
         // First two anchors share the first 8 px cell's centre: 0.5/28.
-        assert_eq!(a[0], Anchor { xc: 0.5 / 28.0, yc: 0.5 / 28.0 });
+        assert_eq!(
+            a[0],
+            Anchor {
+                xc: 0.5 / 28.0,
+                yc: 0.5 / 28.0
+            }
+        );
         assert_eq!(a[1], a[0]);
-        assert_eq!(a[2], Anchor { xc: 1.5 / 28.0, yc: 0.5 / 28.0 });
+        assert_eq!(
+            a[2],
+            Anchor {
+                xc: 1.5 / 28.0,
+                yc: 0.5 / 28.0
+            }
+        );
         // Second group starts at 1568 with the 14x14 grid.
-        assert_eq!(a[1568], Anchor { xc: 0.5 / 14.0, yc: 0.5 / 14.0 });
+        assert_eq!(
+            a[1568],
+            Anchor {
+                xc: 0.5 / 14.0,
+                yc: 0.5 / 14.0
+            }
+        );
         // Third group: 6 anchors per 32 px cell; last anchor is the bottom-right cell.
-        assert_eq!(a[1960 + 6], Anchor { xc: 1.5 / 7.0, yc: 0.5 / 7.0 });
-        assert_eq!(a[2253], Anchor { xc: 6.5 / 7.0, yc: 6.5 / 7.0 });
+        assert_eq!(
+            a[1960 + 6],
+            Anchor {
+                xc: 1.5 / 7.0,
+                yc: 0.5 / 7.0
+            }
+        );
+        assert_eq!(
+            a[2253],
+            Anchor {
+                xc: 6.5 / 7.0,
+                yc: 6.5 / 7.0
+            }
+        );
     }
 
     #[test]
     fn face_anchor_count_and_layout() {
         let a = ssd_anchors(&FACE_DETECTION_ANCHORS);
         assert_eq!(a.len(), 16 * 16 * 2 + 8 * 8 * 6);
-        assert_eq!(a[512], Anchor { xc: 0.5 / 8.0, yc: 0.5 / 8.0 });
+        assert_eq!(
+            a[512],
+            Anchor {
+                xc: 0.5 / 8.0,
+                yc: 0.5 / 8.0
+            }
+        );
         assert_eq!(a[512 + 5], a[512]);
-        assert_eq!(a[512 + 6], Anchor { xc: 1.5 / 8.0, yc: 0.5 / 8.0 });
+        assert_eq!(
+            a[512 + 6],
+            Anchor {
+                xc: 1.5 / 8.0,
+                yc: 0.5 / 8.0
+            }
+        );
     }
 }

@@ -44,17 +44,27 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     let n = values.len();
-    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 /// Runs the bench: `iters` forward passes per net, and `iters` frames per
 /// image in each mode (after one warm-up frame).
-pub fn run(holistic: &Holistic, images: &[RgbImage], iters: usize) -> Result<BenchReport, ModelError> {
+pub fn run(
+    holistic: &Holistic,
+    images: &[RgbImage],
+    iters: usize,
+) -> Result<BenchReport, ModelError> {
     let iters = iters.max(1);
     let mut nets = Vec::new();
     for net in Net::ALL {
         holistic.time_net(net)?;
-        let mut times = (0..iters).map(|_| holistic.time_net(net)).collect::<Result<Vec<_>, _>>()?;
+        let mut times = (0..iters)
+            .map(|_| holistic.time_net(net))
+            .collect::<Result<Vec<_>, _>>()?;
         nets.push((net, median(&mut times)));
     }
 
@@ -63,22 +73,37 @@ pub fn run(holistic: &Holistic, images: &[RgbImage], iters: usize) -> Result<Ben
     let mut stages: [Vec<f64>; 6] = Default::default();
     let mut tracking_times = Vec::new();
     for image in images {
-        let opts = ProcessOptions { mode: Mode::Static, parts, timestamp_us: 0 };
+        let opts = ProcessOptions {
+            mode: Mode::Static,
+            parts,
+            timestamp_us: 0,
+        };
         holistic.process(image, &opts, &mut TrackingState::default())?;
         for _ in 0..iters {
             let r = holistic.process(image, &opts, &mut TrackingState::default())?;
             static_times.push(r.timings.total);
             let t = r.timings;
-            for (v, s) in [t.pose_detection, t.pose_landmark, t.face_detection, t.face_landmark, t.hand_recrop, t.hand_landmark]
-                .into_iter()
-                .zip(&mut stages)
+            for (v, s) in [
+                t.pose_detection,
+                t.pose_landmark,
+                t.face_detection,
+                t.face_landmark,
+                t.hand_recrop,
+                t.hand_landmark,
+            ]
+            .into_iter()
+            .zip(&mut stages)
             {
                 s.push(v);
             }
         }
         let mut state = TrackingState::default();
         for i in 0..=iters {
-            let opts = ProcessOptions { mode: Mode::Tracking, parts, timestamp_us: i as i64 * super::parity::FRAME_STEP_US };
+            let opts = ProcessOptions {
+                mode: Mode::Tracking,
+                parts,
+                timestamp_us: i as i64 * super::parity::FRAME_STEP_US,
+            };
             let r = holistic.process(image, &opts, &mut state)?;
             if i > 0 {
                 tracking_times.push(r.timings.total);
@@ -106,11 +131,26 @@ pub fn run(holistic: &Holistic, images: &[RgbImage], iters: usize) -> Result<Ben
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} images, {} iterations each; medians in ms; ratio = ours / MediaPipe", self.images, self.iters)?;
-        writeln!(f, "{:<28} {:>9} {:>10} {:>7}", "net (forward only)", "ours", "mediapipe", "ratio")?;
+        writeln!(
+            f,
+            "{} images, {} iterations each; medians in ms; ratio = ours / MediaPipe",
+            self.images, self.iters
+        )?;
+        writeln!(
+            f,
+            "{:<28} {:>9} {:>10} {:>7}",
+            "net (forward only)", "ours", "mediapipe", "ratio"
+        )?;
         for (net, ms) in &self.nets {
             match mediapipe_net_ms(*net) {
-                Some(mp) => writeln!(f, "{:<28} {:>9.2} {:>10.2} {:>6.1}x", net.name(), ms, mp, ms / mp)?,
+                Some(mp) => writeln!(
+                    f,
+                    "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
+                    net.name(),
+                    ms,
+                    mp,
+                    ms / mp
+                )?,
                 None => writeln!(f, "{:<28} {:>9.2} {:>10} {:>7}", net.name(), ms, "-", "-")?,
             }
         }
@@ -118,9 +158,18 @@ impl std::fmt::Display for BenchReport {
         writeln!(
             f,
             "static stages (crop+net+decode, 0 = not run): pose_detection {:.2}, pose_landmark {:.2}, face_detection {:.2}, face_landmark {:.2}, hand_recrop {:.2}, hand_landmark {:.2}",
-            s.pose_detection, s.pose_landmark, s.face_detection, s.face_landmark, s.hand_recrop, s.hand_landmark
+            s.pose_detection,
+            s.pose_landmark,
+            s.face_detection,
+            s.face_landmark,
+            s.hand_recrop,
+            s.hand_landmark
         )?;
-        writeln!(f, "{:<28} {:>9} {:>10} {:>7}", "frame", "ours", "mediapipe", "ratio")?;
+        writeln!(
+            f,
+            "{:<28} {:>9} {:>10} {:>7}",
+            "frame", "ours", "mediapipe", "ratio"
+        )?;
         writeln!(
             f,
             "{:<28} {:>9.2} {:>10.2} {:>6.1}x",

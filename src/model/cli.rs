@@ -1,7 +1,9 @@
 //! The model commands of the `holistream` binary: `infer`, `parity`, `bench`.
 //! `main.rs` only parses arguments and calls these.
 
-use super::{Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, decode_image, draw, parity};
+use super::{
+    Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, decode_image, draw, parity,
+};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 
@@ -97,8 +99,14 @@ pub fn infer(args: &InferArgs) -> anyhow::Result<()> {
         let result = holistic.process(&image, &opts, &mut state)?;
         println!("{}", serde_json::to_string(&result)?);
         if let Some(out) = &args.draw {
-            let out = if args.images.len() == 1 { out.clone() } else { numbered(out, i) };
-            draw::draw(&image, &result).save(&out).with_context(|| format!("writing {}", out.display()))?;
+            let out = if args.images.len() == 1 {
+                out.clone()
+            } else {
+                numbered(out, i)
+            };
+            draw::draw(&image, &result)
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
             tracing::info!(path = %out.display(), "drawn");
         }
     }
@@ -106,20 +114,34 @@ pub fn infer(args: &InferArgs) -> anyhow::Result<()> {
 }
 
 fn numbered(path: &Path, i: usize) -> PathBuf {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
     path.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
 pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
     let holistic = load_holistic()?;
-    let thresholds = parity::Thresholds { max_mean_err: args.max_mean_err };
+    let thresholds = parity::Thresholds {
+        max_mean_err: args.max_mean_err,
+    };
     let report = parity::check_dir(&holistic, &args.dir, thresholds)?;
     println!("{report}");
     let mut failed = !report.passed();
     if let (Some(video), Some(golden)) = (&args.video, &args.golden_video) {
-        let clip =
-            parity::check_clip(&holistic, video, golden, thresholds, args.max_presence_mismatch, args.video_frames)?;
+        let clip = parity::check_clip(
+            &holistic,
+            video,
+            golden,
+            thresholds,
+            args.max_presence_mismatch,
+            args.video_frames,
+        )?;
         println!("{clip}");
         failed |= !clip.failures().is_empty();
     }
@@ -141,7 +163,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         args.images.clone()
     };
-    let images = paths.iter().map(|p| load_image(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let images = paths
+        .iter()
+        .map(|p| load_image(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let holistic = load_holistic()?;
     println!("{}", bench::run(&holistic, &images, args.iters)?);
     Ok(())

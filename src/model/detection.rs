@@ -35,10 +35,18 @@ pub fn sigmoid(x: f32) -> f32 {
 ///
 /// # Shapes
 /// `boxes`: `anchors.len() × num_coords`; `scores`: `anchors.len()` logits.
-pub fn decode(boxes: &[f32], scores: &[f32], anchors: &[Anchor], opts: &DecodeOptions) -> Vec<Detection> {
+pub fn decode(
+    boxes: &[f32],
+    scores: &[f32],
+    anchors: &[Anchor],
+    opts: &DecodeOptions,
+) -> Vec<Detection> {
     let mut out = Vec::new();
     for (i, a) in anchors.iter().enumerate() {
-        let (Some(&logit), Some(raw)) = (scores.get(i), boxes.get(i * opts.num_coords..(i + 1) * opts.num_coords)) else {
+        let (Some(&logit), Some(raw)) = (
+            scores.get(i),
+            boxes.get(i * opts.num_coords..(i + 1) * opts.num_coords),
+        ) else {
             break;
         };
         let score = sigmoid(logit.clamp(-SCORE_CLIPPING, SCORE_CLIPPING));
@@ -54,9 +62,23 @@ pub fn decode(boxes: &[f32], scores: &[f32], anchors: &[Anchor], opts: &DecodeOp
             continue;
         }
         let keypoints = (0..opts.num_keypoints)
-            .map(|k| [raw[4 + 2 * k] / opts.scale + a.xc, raw[4 + 2 * k + 1] / opts.scale + a.yc])
+            .map(|k| {
+                [
+                    raw[4 + 2 * k] / opts.scale + a.xc,
+                    raw[4 + 2 * k + 1] / opts.scale + a.yc,
+                ]
+            })
             .collect();
-        out.push(Detection { score, bbox: RelBox { xmin: xc - w / 2.0, ymin: yc - h / 2.0, w, h }, keypoints });
+        out.push(Detection {
+            score,
+            bbox: RelBox {
+                xmin: xc - w / 2.0,
+                ymin: yc - h / 2.0,
+                w,
+                h,
+            },
+            keypoints,
+        });
     }
     out
 }
@@ -71,12 +93,14 @@ pub fn weighted_nms(mut detections: Vec<Detection>, threshold: f32) -> Vec<Detec
     while let Some(&top) = remaining.first() {
         let before = remaining.len();
         let top_box = detections[top].bbox;
-        let (cluster, rest): (Vec<usize>, Vec<usize>) =
-            remaining.iter().partition(|&&i| detections[i].bbox.iou(&top_box) > threshold);
+        let (cluster, rest): (Vec<usize>, Vec<usize>) = remaining
+            .iter()
+            .partition(|&&i| detections[i].bbox.iou(&top_box) > threshold);
         let mut merged = detections[top].clone();
         if !cluster.is_empty() {
             let nk = merged.keypoints.len();
-            let (mut x0, mut y0, mut x1, mut y1, mut total) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            let (mut x0, mut y0, mut x1, mut y1, mut total) =
+                (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
             let mut kps = vec![[0.0f32; 2]; nk];
             for &i in &cluster {
                 let d = &detections[i];
@@ -92,8 +116,16 @@ pub fn weighted_nms(mut detections: Vec<Detection>, threshold: f32) -> Vec<Detec
                 }
             }
             let (xmin, ymin) = (x0 / total, y0 / total);
-            merged.bbox = RelBox { xmin, ymin, w: x1 / total - xmin, h: y1 / total - ymin };
-            merged.keypoints = kps.into_iter().map(|[x, y]| [x / total, y / total]).collect();
+            merged.bbox = RelBox {
+                xmin,
+                ymin,
+                w: x1 / total - xmin,
+                h: y1 / total - ymin,
+            };
+            merged.keypoints = kps
+                .into_iter()
+                .map(|[x, y]| [x / total, y / total])
+                .collect();
         }
         out.push(merged);
         // MediaPipe stops when a round removes nothing (only possible with a
@@ -129,13 +161,27 @@ mod tests {
     use super::*;
 
     fn det(score: f32, xmin: f32, w: f32, kp: f32) -> Detection {
-        Detection { score, bbox: RelBox { xmin, ymin: 0.0, w, h: 1.0 }, keypoints: vec![[kp, kp]] }
+        Detection {
+            score,
+            bbox: RelBox {
+                xmin,
+                ymin: 0.0,
+                w,
+                h: 1.0,
+            },
+            keypoints: vec![[kp, kp]],
+        }
     }
 
     #[test]
     fn decode_applies_anchor_scale_and_sigmoid() {
         let anchors = [Anchor { xc: 0.5, yc: 0.25 }, Anchor { xc: 0.1, yc: 0.1 }];
-        let opts = DecodeOptions { num_coords: 6, num_keypoints: 1, scale: 100.0, min_score: 0.5 };
+        let opts = DecodeOptions {
+            num_coords: 6,
+            num_keypoints: 1,
+            scale: 100.0,
+            min_score: 0.5,
+        };
         #[rustfmt::skip]
         let boxes = [
             10.0, -5.0, 20.0, 40.0, 0.0, 50.0, // anchor 0
@@ -149,14 +195,34 @@ mod tests {
         assert!((b.xmin - 0.5).abs() < 1e-6 && (b.ymin - 0.0).abs() < 1e-6);
         assert!((b.w - 0.2).abs() < 1e-6 && (b.h - 0.4).abs() < 1e-6);
         assert_eq!(d[0].score, 0.5);
-        assert!((d[0].keypoints[0][0] - 0.5).abs() < 1e-6 && (d[0].keypoints[0][1] - 0.75).abs() < 1e-6);
+        assert!(
+            (d[0].keypoints[0][0] - 0.5).abs() < 1e-6 && (d[0].keypoints[0][1] - 0.75).abs() < 1e-6
+        );
     }
 
     #[test]
     fn decode_drops_negative_and_nan_sizes_and_clips_scores() {
         let anchors = [Anchor { xc: 0.0, yc: 0.0 }; 3];
-        let opts = DecodeOptions { num_coords: 4, num_keypoints: 0, scale: 1.0, min_score: 0.5 };
-        let boxes = [0.0, 0.0, -1.0, 1.0, 0.0, 0.0, f32::NAN, 1.0, 0.0, 0.0, 1.0, 1.0];
+        let opts = DecodeOptions {
+            num_coords: 4,
+            num_keypoints: 0,
+            scale: 1.0,
+            min_score: 0.5,
+        };
+        let boxes = [
+            0.0,
+            0.0,
+            -1.0,
+            1.0,
+            0.0,
+            0.0,
+            f32::NAN,
+            1.0,
+            0.0,
+            0.0,
+            1.0,
+            1.0,
+        ];
         let d = decode(&boxes, &[5.0, 5.0, 1e6], &anchors, &opts);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].score, sigmoid(100.0));
@@ -195,11 +261,29 @@ mod tests {
     fn letterbox_removal_on_detection() {
         let mut d = Detection {
             score: 1.0,
-            bbox: RelBox { xmin: 0.5, ymin: 0.25, w: 0.2, h: 0.25 },
+            bbox: RelBox {
+                xmin: 0.5,
+                ymin: 0.25,
+                w: 0.2,
+                h: 0.25,
+            },
             keypoints: vec![[0.5, 0.75]],
         };
-        d.remove_letterbox(&Padding { left: 0.0, top: 0.25, right: 0.0, bottom: 0.25 });
-        assert_eq!(d.bbox, RelBox { xmin: 0.5, ymin: 0.0, w: 0.2, h: 0.5 });
+        d.remove_letterbox(&Padding {
+            left: 0.0,
+            top: 0.25,
+            right: 0.0,
+            bottom: 0.25,
+        });
+        assert_eq!(
+            d.bbox,
+            RelBox {
+                xmin: 0.5,
+                ymin: 0.0,
+                w: 0.2,
+                h: 0.5
+            }
+        );
         assert_eq!(d.keypoints[0], [0.5, 1.0]);
     }
 }

@@ -5,17 +5,27 @@
 
 use super::anchors::{Anchor, FACE_DETECTION_ANCHORS, ssd_anchors};
 use super::detection::{DecodeOptions, Detection, decode, sigmoid, weighted_nms};
-use super::geometry::{ImageSize, NormRect, RectTransform, box_rect, landmarks_box, project, transform_rect};
+use super::geometry::{
+    ImageSize, NormRect, RectTransform, box_rect, landmarks_box, project, transform_rect,
+};
 use super::nets::NetOutputs;
 use super::pose::RawLandmark;
 use super::warp::{Border, CropTransform, TensorSpec, ValueRange};
 
 /// `face_detection_short_range`: the pose-derived ROI at 128, letterboxed, zero border, [−1, 1].
-pub const DETECTION_TENSOR: TensorSpec =
-    TensorSpec { size: 128, keep_aspect: true, border: Border::Zero, range: ValueRange::MINUS_ONE_ONE };
+pub const DETECTION_TENSOR: TensorSpec = TensorSpec {
+    size: 128,
+    keep_aspect: true,
+    border: Border::Zero,
+    range: ValueRange::MINUS_ONE_ONE,
+};
 /// `face_landmark`: the tracking ROI at 192, stretched (no letterbox), replicated border, [0, 1].
-pub const LANDMARK_TENSOR: TensorSpec =
-    TensorSpec { size: 192, keep_aspect: false, border: Border::Replicate, range: ValueRange::ZERO_ONE };
+pub const LANDMARK_TENSOR: TensorSpec = TensorSpec {
+    size: 192,
+    keep_aspect: false,
+    border: Border::Replicate,
+    range: ValueRange::ZERO_ONE,
+};
 
 pub const NUM_LANDMARKS: usize = 468;
 const NUM_ANCHORS: usize = 896;
@@ -26,8 +36,12 @@ const NMS_IOU: f32 = 0.3;
 const MIN_PRESENCE: f32 = 0.5;
 
 /// Limits of `RoiTrackingCalculator` for the face (`face_tracking.pbtxt`).
-pub const TRACKING: super::tracking::RoiTrackingLimits =
-    super::tracking::RoiTrackingLimits { rotation_degrees: 15.0, translation: 0.1, scale: 0.3, recrop_margin: -0.2 };
+pub const TRACKING: super::tracking::RoiTrackingLimits = super::tracking::RoiTrackingLimits {
+    rotation_degrees: 15.0,
+    translation: 0.1,
+    scale: 0.3,
+    recrop_margin: -0.2,
+};
 
 pub fn anchors() -> Vec<Anchor> {
     ssd_anchors(&FACE_DETECTION_ANCHORS)
@@ -47,9 +61,22 @@ pub fn roi_from_pose(pose: &[RawLandmark], size: ImageSize) -> NormRect {
 ///
 /// # Shapes
 /// `regressors`: 896 × 16 (box XYWH + 6 keypoints, 128-px units); `scores`: 896 logits.
-pub fn best_detection(regressors: &[f32], scores: &[f32], anchors: &[Anchor], crop: &CropTransform, size: ImageSize) -> Option<Detection> {
-    let opts = DecodeOptions { num_coords: 16, num_keypoints: 6, scale: 128.0, min_score: MIN_DETECTION_SCORE };
-    let mut best = weighted_nms(decode(regressors, scores, anchors, &opts), NMS_IOU).into_iter().next()?;
+pub fn best_detection(
+    regressors: &[f32],
+    scores: &[f32],
+    anchors: &[Anchor],
+    crop: &CropTransform,
+    size: ImageSize,
+) -> Option<Detection> {
+    let opts = DecodeOptions {
+        num_coords: 16,
+        num_keypoints: 6,
+        scale: 128.0,
+        min_score: MIN_DETECTION_SCORE,
+    };
+    let mut best = weighted_nms(decode(regressors, scores, anchors, &opts), NMS_IOU)
+        .into_iter()
+        .next()?;
     for kp in &mut best.keypoints {
         *kp = crop.roi.to_image(kp[0], kp[1], size.width, size.height);
     }
@@ -102,18 +129,36 @@ pub fn landmark_outputs(outs: &NetOutputs) -> Result<(&[f32], f32), super::Model
 mod tests {
     use super::*;
 
-    const SQ: ImageSize = ImageSize { width: 100, height: 100 };
+    const SQ: ImageSize = ImageSize {
+        width: 100,
+        height: 100,
+    };
 
     #[test]
     fn pose_roi_is_three_times_the_head_box() {
         // Eleven head points spanning x 0.4..0.6, y 0.2..0.3; eyes level → r = 0.
-        let mut head = vec![RawLandmark { x: 0.5, y: 0.25, ..Default::default() }; 11];
+        let mut head = vec![
+            RawLandmark {
+                x: 0.5,
+                y: 0.25,
+                ..Default::default()
+            };
+            11
+        ];
         head[0].x = 0.4;
         head[1].x = 0.6;
         head[3].y = 0.2;
         head[4].y = 0.3;
-        head[5] = RawLandmark { x: 0.45, y: 0.25, ..Default::default() };
-        head[2] = RawLandmark { x: 0.55, y: 0.25, ..Default::default() };
+        head[5] = RawLandmark {
+            x: 0.45,
+            y: 0.25,
+            ..Default::default()
+        };
+        head[2] = RawLandmark {
+            x: 0.55,
+            y: 0.25,
+            ..Default::default()
+        };
         let roi = roi_from_pose(&head, SQ);
         assert!((roi.xc - 0.5).abs() < 1e-6 && (roi.yc - 0.25).abs() < 1e-6);
         // Long side 0.2 → ×3 = 0.6.
@@ -129,10 +174,20 @@ mod tests {
         let det = Detection {
             score: 0.9,
             bbox: Default::default(),
-            keypoints: vec![[0.4, 0.5], [0.6, 0.5], [0.5, 0.6], [0.5, 0.7], [0.45, 0.55], [0.55, 0.55]],
+            keypoints: vec![
+                [0.4, 0.5],
+                [0.6, 0.5],
+                [0.5, 0.6],
+                [0.5, 0.7],
+                [0.45, 0.55],
+                [0.55, 0.55],
+            ],
         };
         let roi = roi_from_detection(&det, SQ);
-        assert!((roi.xc - 0.5).abs() < 1e-6 && (roi.yc - 0.58).abs() < 1e-6, "{roi:?}");
+        assert!(
+            (roi.xc - 0.5).abs() < 1e-6 && (roi.yc - 0.58).abs() < 1e-6,
+            "{roi:?}"
+        );
         assert!((roi.w - 0.4).abs() < 1e-6);
         assert!(roi.r.abs() < 1e-6);
     }
@@ -144,15 +199,32 @@ mod tests {
         let det = Detection {
             score: 0.9,
             bbox: Default::default(),
-            keypoints: vec![[0.4, 0.4], [0.6, 0.6], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]],
+            keypoints: vec![
+                [0.4, 0.4],
+                [0.6, 0.6],
+                [0.5, 0.5],
+                [0.5, 0.5],
+                [0.5, 0.5],
+                [0.5, 0.5],
+            ],
         };
         let roi = roi_from_detection(&det, SQ);
-        assert!((roi.r - std::f32::consts::FRAC_PI_4).abs() < 1e-6, "{}", roi.r);
+        assert!(
+            (roi.r - std::f32::consts::FRAC_PI_4).abs() < 1e-6,
+            "{}",
+            roi.r
+        );
     }
 
     #[test]
     fn face_flag_gates_landmarks() {
-        let roi = NormRect { xc: 0.5, yc: 0.5, w: 0.5, h: 0.5, r: 0.0 };
+        let roi = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 0.5,
+            h: 0.5,
+            r: 0.0,
+        };
         let raw = vec![96.0f32; NUM_LANDMARKS * 3];
         assert!(decode_landmarks(&raw, -1.0, &roi).is_none());
         let lms = decode_landmarks(&raw, 1.0, &roi).unwrap();

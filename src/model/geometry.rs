@@ -101,7 +101,13 @@ impl RelBox {
 
 /// P2 (`DetectionsToRectsCalculator`, default conversion): the box's centre and
 /// size, rotated by the keypoints `kp_start`→`kp_end` against `target_deg`.
-pub fn box_rect(bbox: RelBox, kp_start: [f32; 2], kp_end: [f32; 2], target_deg: f32, size: ImageSize) -> NormRect {
+pub fn box_rect(
+    bbox: RelBox,
+    kp_start: [f32; 2],
+    kp_end: [f32; 2],
+    target_deg: f32,
+    size: ImageSize,
+) -> NormRect {
     NormRect {
         xc: bbox.xmin + bbox.w / 2.0,
         yc: bbox.ymin + bbox.h / 2.0,
@@ -125,7 +131,12 @@ pub fn landmarks_box(points: impl IntoIterator<Item = [f32; 2]>) -> RelBox {
         xmax = xmax.max(x);
         ymax = ymax.max(y);
     }
-    RelBox { xmin, ymin, w: xmax - xmin, h: ymax - ymin }
+    RelBox {
+        xmin,
+        ymin,
+        w: xmax - xmin,
+        h: ymax - ymin,
+    }
 }
 
 /// Options of `RectTransformationCalculator` (P4).
@@ -141,7 +152,13 @@ pub struct RectTransform {
 impl RectTransform {
     /// Square on the long side, scale by `scale`, shift `shift_y` along the rect's y.
     pub const fn square(scale: f32, shift_y: f32) -> RectTransform {
-        RectTransform { scale_x: scale, scale_y: scale, shift_x: 0.0, shift_y, square_long: true }
+        RectTransform {
+            scale_x: scale,
+            scale_y: scale,
+            shift_x: 0.0,
+            shift_y,
+            square_long: true,
+        }
     }
 }
 
@@ -193,14 +210,21 @@ impl Padding {
 pub fn project(p: [f32; 3], rect: &NormRect) -> [f32; 3] {
     let (a, b) = (p[0] - 0.5, p[1] - 0.5);
     let (s, c) = rect.r.sin_cos();
-    [(a * c - b * s) * rect.w + rect.xc, (a * s + b * c) * rect.h + rect.yc, p[2] * rect.w]
+    [
+        (a * c - b * s) * rect.w + rect.xc,
+        (a * s + b * c) * rect.h + rect.yc,
+        p[2] * rect.w,
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SQ: ImageSize = ImageSize { width: 100, height: 100 };
+    const SQ: ImageSize = ImageSize {
+        width: 100,
+        height: 100,
+    };
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-5
@@ -232,7 +256,10 @@ mod tests {
     fn alignment_rect_uses_pixels_not_normalised_units() {
         // 200x100 image: points 0.1 apart in x are 20 px apart, so side = 40 px,
         // w = 40/200 = 0.2, h = 40/100 = 0.4.
-        let size = ImageSize { width: 200, height: 100 };
+        let size = ImageSize {
+            width: 200,
+            height: 100,
+        };
         let r = alignment_rect([0.5, 0.5], [0.6, 0.5], 0.0, size);
         assert!(close(r.w, 0.2) && close(r.h, 0.4));
         assert!(close(r.r, 0.0));
@@ -251,13 +278,22 @@ mod tests {
     fn transform_rect_shifts_before_squaring_and_scaling() {
         // Unrotated 0.2 x 0.4 rect: shift_y −0.1 moves yc by −0.04; square on the
         // long side → 0.4 x 0.4; scale 2 → 0.8 x 0.8.
-        let rect = NormRect { xc: 0.5, yc: 0.5, w: 0.2, h: 0.4, r: 0.0 };
+        let rect = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 0.2,
+            h: 0.4,
+            r: 0.0,
+        };
         let out = transform_rect(rect, RectTransform::square(2.0, -0.1), SQ);
         assert!(close(out.xc, 0.5) && close(out.yc, 0.46));
         assert!(close(out.w, 0.8) && close(out.h, 0.8));
         // Rotated 90° clockwise: a local offset (0, v) maps to (−v·sin r, v·cos r)
         // = (−v, 0), so the shift v = −0.1·0.4 = −0.04 moves the centre +0.04 in x.
-        let rect = NormRect { r: PI / 2.0, ..rect };
+        let rect = NormRect {
+            r: PI / 2.0,
+            ..rect
+        };
         let out = transform_rect(rect, RectTransform::square(1.0, -0.1), SQ);
         assert!(close(out.xc, 0.54) && close(out.yc, 0.5), "{out:?}");
     }
@@ -266,8 +302,17 @@ mod tests {
     fn transform_rect_squares_in_pixels() {
         // 200x100 image, w = 0.5 (100 px), h = 0.5 (50 px): long side 100 px →
         // w = 0.5, h = 1.0.
-        let size = ImageSize { width: 200, height: 100 };
-        let rect = NormRect { xc: 0.5, yc: 0.5, w: 0.5, h: 0.5, r: 0.0 };
+        let size = ImageSize {
+            width: 200,
+            height: 100,
+        };
+        let rect = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 0.5,
+            h: 0.5,
+            r: 0.0,
+        };
         let out = transform_rect(rect, RectTransform::square(1.0, 0.0), size);
         assert!(close(out.w, 0.5) && close(out.h, 1.0));
     }
@@ -275,31 +320,65 @@ mod tests {
     #[test]
     fn letterbox_removal_undoes_padding() {
         // Tensor padded 25% top and bottom: tensor y 0.25 is image top, 0.75 image bottom.
-        let pad = Padding { left: 0.0, top: 0.25, right: 0.0, bottom: 0.25 };
+        let pad = Padding {
+            left: 0.0,
+            top: 0.25,
+            right: 0.0,
+            bottom: 0.25,
+        };
         assert_eq!(pad.remove([0.5, 0.25, 0.1]), [0.5, 0.0, 0.1]);
         assert_eq!(pad.remove([0.5, 0.75, 0.1]), [0.5, 1.0, 0.1]);
-        let pad = Padding { left: 0.25, top: 0.0, right: 0.25, bottom: 0.0 };
+        let pad = Padding {
+            left: 0.25,
+            top: 0.0,
+            right: 0.25,
+            bottom: 0.0,
+        };
         assert_eq!(pad.remove([0.75, 0.5, 0.1]), [1.0, 0.5, 0.2]);
     }
 
     #[test]
     fn projection_maps_crop_corners_through_rotation() {
-        let rect = NormRect { xc: 0.5, yc: 0.5, w: 0.2, h: 0.2, r: 0.0 };
+        let rect = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 0.2,
+            h: 0.2,
+            r: 0.0,
+        };
         let p = project([1.0, 0.0, 0.5], &rect);
         assert!(close(p[0], 0.6) && close(p[1], 0.4) && close(p[2], 0.1));
         // Rotated 90° clockwise: the crop's right edge centre (1, 0.5) lands below the centre.
-        let rect = NormRect { r: PI / 2.0, ..rect };
+        let rect = NormRect {
+            r: PI / 2.0,
+            ..rect
+        };
         let p = project([1.0, 0.5, 0.0], &rect);
         assert!(close(p[0], 0.5) && close(p[1], 0.6), "{p:?}");
     }
 
     #[test]
     fn iou_of_boxes() {
-        let a = RelBox { xmin: 0.0, ymin: 0.0, w: 2.0, h: 2.0 };
-        let b = RelBox { xmin: 1.0, ymin: 0.0, w: 2.0, h: 2.0 };
+        let a = RelBox {
+            xmin: 0.0,
+            ymin: 0.0,
+            w: 2.0,
+            h: 2.0,
+        };
+        let b = RelBox {
+            xmin: 1.0,
+            ymin: 0.0,
+            w: 2.0,
+            h: 2.0,
+        };
         // inter 2, union 4 + 4 − 2 = 6.
         assert!(close(a.iou(&b), 1.0 / 3.0));
-        let c = RelBox { xmin: 5.0, ymin: 5.0, w: 1.0, h: 1.0 };
+        let c = RelBox {
+            xmin: 5.0,
+            ymin: 5.0,
+            w: 1.0,
+            h: 1.0,
+        };
         assert_eq!(a.iou(&c), 0.0);
     }
 }

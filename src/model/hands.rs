@@ -5,18 +5,27 @@
 //! handedness output is not used, as in MediaPipe Holistic.
 
 use super::geometry::{
-    ImageSize, NormRect, RectTransform, alignment_rect, landmarks_box, norm_rad, project, transform_rect,
+    ImageSize, NormRect, RectTransform, alignment_rect, landmarks_box, norm_rad, project,
+    transform_rect,
 };
 use super::nets::NetOutputs;
 use super::pose::RawLandmark;
 use super::warp::{Border, CropTransform, TensorSpec, ValueRange};
 
 /// `hand_recrop`: the pose-derived hand ROI at 256, replicated border, [0, 1].
-pub const RECROP_TENSOR: TensorSpec =
-    TensorSpec { size: 256, keep_aspect: true, border: Border::Replicate, range: ValueRange::ZERO_ONE };
+pub const RECROP_TENSOR: TensorSpec = TensorSpec {
+    size: 256,
+    keep_aspect: true,
+    border: Border::Replicate,
+    range: ValueRange::ZERO_ONE,
+};
 /// `hand_landmark_full`: the tracking ROI at 224, replicated border, [0, 1].
-pub const LANDMARK_TENSOR: TensorSpec =
-    TensorSpec { size: 224, keep_aspect: true, border: Border::Replicate, range: ValueRange::ZERO_ONE };
+pub const LANDMARK_TENSOR: TensorSpec = TensorSpec {
+    size: 224,
+    keep_aspect: true,
+    border: Border::Replicate,
+    range: ValueRange::ZERO_ONE,
+};
 
 pub const NUM_LANDMARKS: usize = 21;
 /// The wrist's pose visibility must exceed this for the hand to be processed.
@@ -27,8 +36,12 @@ const MIN_PRESENCE: f32 = 0.5;
 const Z_NORMALIZATION: f32 = 0.4;
 
 /// Limits of `RoiTrackingCalculator` for hands (`hand_tracking.pbtxt`).
-pub const TRACKING: super::tracking::RoiTrackingLimits =
-    super::tracking::RoiTrackingLimits { rotation_degrees: 40.0, translation: 0.2, scale: 0.4, recrop_margin: -0.1 };
+pub const TRACKING: super::tracking::RoiTrackingLimits = super::tracking::RoiTrackingLimits {
+    rotation_degrees: 40.0,
+    translation: 0.2,
+    scale: 0.4,
+    recrop_margin: -0.1,
+};
 
 /// A body side; the person's own, as the pose model names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,9 +88,18 @@ pub fn roi_from_pose(pose: &[RawLandmark], side: Side, size: ImageSize) -> Optio
 
 /// §7.4: the re-crop ROI from the `hand_recrop` net's two points (centre and
 /// scale/rotation point, 256-px units) in the crop of `roi`.
-pub fn roi_from_recrop(points: &[f32], roi: &NormRect, crop: &CropTransform, size: ImageSize) -> NormRect {
+pub fn roi_from_recrop(
+    points: &[f32],
+    roi: &NormRect,
+    crop: &CropTransform,
+    size: ImageSize,
+) -> NormRect {
     let p = |k: usize| {
-        let q = project(crop.padding.remove([points[2 * k] / 256.0, points[2 * k + 1] / 256.0, 0.0]), roi);
+        let q = project(
+            crop.padding
+                .remove([points[2 * k] / 256.0, points[2 * k + 1] / 256.0, 0.0]),
+            roi,
+        );
         [q[0], q[1]]
     };
     let rect = alignment_rect(p(0), p(1), -90.0, size);
@@ -97,13 +119,19 @@ pub fn roi_from_landmarks(hand: &[[f32; 3]], size: ImageSize) -> NormRect {
     let reverse = norm_rad(-r);
 
     let aligned = landmarks_box(PARTIAL.iter().map(|&k| [hand[k][0], hand[k][1]]));
-    let (cx, cy) = (aligned.xmin + aligned.w / 2.0, aligned.ymin + aligned.h / 2.0);
+    let (cx, cy) = (
+        aligned.xmin + aligned.w / 2.0,
+        aligned.ymin + aligned.h / 2.0,
+    );
     let (sr, cr) = reverse.sin_cos();
     let rotated = landmarks_box(PARTIAL.iter().map(|&k| {
         let (ox, oy) = ((hand[k][0] - cx) * iw, (hand[k][1] - cy) * ih);
         [ox * cr - oy * sr, ox * sr + oy * cr]
     }));
-    let (pcx, pcy) = (rotated.xmin + rotated.w / 2.0, rotated.ymin + rotated.h / 2.0);
+    let (pcx, pcy) = (
+        rotated.xmin + rotated.w / 2.0,
+        rotated.ymin + rotated.h / 2.0,
+    );
     let (s, c) = r.sin_cos();
     let rect = NormRect {
         xc: (pcx * c - pcy * s + iw * cx) / iw,
@@ -120,7 +148,12 @@ pub fn roi_from_landmarks(hand: &[[f32; 3]], size: ImageSize) -> NormRect {
 ///
 /// # Shapes
 /// `landmarks`: 21 × 3 in 224-px units; `flag`: a probability.
-pub fn decode_landmarks(landmarks: &[f32], flag: f32, roi: &NormRect, crop: &CropTransform) -> Option<Vec<[f32; 3]>> {
+pub fn decode_landmarks(
+    landmarks: &[f32],
+    flag: f32,
+    roi: &NormRect,
+    crop: &CropTransform,
+) -> Option<Vec<[f32; 3]>> {
     if !(flag > MIN_PRESENCE) {
         return None;
     }
@@ -128,7 +161,11 @@ pub fn decode_landmarks(landmarks: &[f32], flag: f32, roi: &NormRect, crop: &Cro
         landmarks
             .chunks_exact(3)
             .map(|p| {
-                let q = crop.padding.remove([p[0] / 224.0, p[1] / 224.0, p[2] / 224.0 / Z_NORMALIZATION]);
+                let q = crop.padding.remove([
+                    p[0] / 224.0,
+                    p[1] / 224.0,
+                    p[2] / 224.0 / Z_NORMALIZATION,
+                ]);
                 project(q, roi)
             })
             .collect(),
@@ -149,13 +186,34 @@ mod tests {
     use crate::model::geometry::Padding;
     use crate::model::warp::PixelRoi;
 
-    const SQ: ImageSize = ImageSize { width: 100, height: 100 };
+    const SQ: ImageSize = ImageSize {
+        width: 100,
+        height: 100,
+    };
 
-    fn pose_with_left_hand(wrist: [f32; 2], pinky: [f32; 2], index: [f32; 2], vis: f32) -> Vec<RawLandmark> {
+    fn pose_with_left_hand(
+        wrist: [f32; 2],
+        pinky: [f32; 2],
+        index: [f32; 2],
+        vis: f32,
+    ) -> Vec<RawLandmark> {
         let mut pose = vec![RawLandmark::default(); 33];
-        pose[15] = RawLandmark { x: wrist[0], y: wrist[1], visibility: vis, ..Default::default() };
-        pose[17] = RawLandmark { x: pinky[0], y: pinky[1], ..Default::default() };
-        pose[19] = RawLandmark { x: index[0], y: index[1], ..Default::default() };
+        pose[15] = RawLandmark {
+            x: wrist[0],
+            y: wrist[1],
+            visibility: vis,
+            ..Default::default()
+        };
+        pose[17] = RawLandmark {
+            x: pinky[0],
+            y: pinky[1],
+            ..Default::default()
+        };
+        pose[19] = RawLandmark {
+            x: index[0],
+            y: index[1],
+            ..Default::default()
+        };
         pose
     }
 
@@ -166,7 +224,10 @@ mod tests {
         // in y (towards the fingers); ×2.7 → 54 px.
         let pose = pose_with_left_hand([0.5, 0.6], [0.47, 0.5], [0.515, 0.5], 0.9);
         let roi = roi_from_pose(&pose, Side::Left, SQ).unwrap();
-        assert!((roi.xc - 0.5).abs() < 1e-5 && (roi.yc - 0.48).abs() < 1e-5, "{roi:?}");
+        assert!(
+            (roi.xc - 0.5).abs() < 1e-5 && (roi.yc - 0.48).abs() < 1e-5,
+            "{roi:?}"
+        );
         assert!((roi.w - 0.54).abs() < 1e-5);
         assert!(roi.r.abs() < 1e-5);
         // The right hand's wrist has visibility 0: no ROI.
@@ -184,7 +245,10 @@ mod tests {
         assert!((roi.r - std::f32::consts::FRAC_PI_2).abs() < 1e-5);
         // The −0.1 shift moves the centre further towards the fingers (+x):
         // local (0, −2 px) → screen (+2 px, 0).
-        assert!((roi.xc - 0.52).abs() < 1e-5 && (roi.yc - 0.5).abs() < 1e-5, "{roi:?}");
+        assert!(
+            (roi.xc - 0.52).abs() < 1e-5 && (roi.yc - 0.5).abs() < 1e-5,
+            "{roi:?}"
+        );
     }
 
     #[test]
@@ -192,13 +256,31 @@ mod tests {
         // ROI 0.5 wide centred (0.5, 0.5); points at tensor (128, 128) and (128, 64):
         // the centre, and a point a quarter of the crop above it = 12.5 px.
         // Side 25 px; target −90° with the vector pointing up: r = −90° − 90° = −π.
-        let roi = NormRect { xc: 0.5, yc: 0.5, w: 0.5, h: 0.5, r: 0.0 };
-        let crop = CropTransform { roi: PixelRoi { cx: 50.0, cy: 50.0, w: 50.0, h: 50.0, r: 0.0 }, padding: Padding::default() };
+        let roi = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 0.5,
+            h: 0.5,
+            r: 0.0,
+        };
+        let crop = CropTransform {
+            roi: PixelRoi {
+                cx: 50.0,
+                cy: 50.0,
+                w: 50.0,
+                h: 50.0,
+                r: 0.0,
+            },
+            padding: Padding::default(),
+        };
         let out = roi_from_recrop(&[128.0, 128.0, 128.0, 64.0], &roi, &crop, SQ);
         assert!((out.w - 0.25).abs() < 1e-5, "{out:?}");
         assert!((out.r.abs() - std::f32::consts::PI).abs() < 1e-5, "{out:?}");
         // Rotated by π, the −0.1 shift along local y moves the centre down by 2.5 px.
-        assert!((out.xc - 0.5).abs() < 1e-5 && (out.yc - 0.525).abs() < 1e-5, "{out:?}");
+        assert!(
+            (out.xc - 0.5).abs() < 1e-5 && (out.yc - 0.525).abs() < 1e-5,
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -212,7 +294,10 @@ mod tests {
         hand[17] = [0.55, 0.55, 0.0];
         let roi = roi_from_landmarks(&hand, SQ);
         assert!(roi.r.abs() < 1e-5);
-        assert!((roi.xc - 0.5).abs() < 1e-5 && (roi.yc - 0.58).abs() < 1e-5, "{roi:?}");
+        assert!(
+            (roi.xc - 0.5).abs() < 1e-5 && (roi.yc - 0.58).abs() < 1e-5,
+            "{roi:?}"
+        );
         assert!((roi.w - 0.4).abs() < 1e-5);
     }
 }

@@ -23,7 +23,9 @@ pub enum ImageInputError {
     UnknownFormat,
     #[error("image is {width}x{height}: zero-sized")]
     ZeroSize { width: u32, height: u32 },
-    #[error("image is {width}x{height}: larger than the {MAX_SIDE} px per side / {MAX_PIXELS} px limit")]
+    #[error(
+        "image is {width}x{height}: larger than the {MAX_SIDE} px per side / {MAX_PIXELS} px limit"
+    )]
     TooLarge { width: u32, height: u32 },
     #[error("JPEG data ends before its end-of-image marker (truncated)")]
     Truncated,
@@ -45,7 +47,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageInputError> {
         // The JPEG decoder fills a cut-off scan with grey and reports success,
         // so truncation is checked here: the end-of-image marker must follow
         // the first scan (entropy-coded data never contains FF D9).
-        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => return Err(ImageInputError::Truncated),
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(ImageInputError::Truncated);
+        }
         Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
         // Only JPEG and PNG decoders are built in; other recognised formats
         // (GIF, BMP, …) are as unsupported as garbage.
@@ -87,9 +91,14 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageInputError> {
 /// with libjpeg-turbo's pixels our errors drop to ~0.1%.
 fn decode_jpeg(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, ImageInputError> {
     let decode_error = |e: std::io::Error| ImageInputError::Decode(e.to_string());
-    let mut started = mozjpeg::Decompress::new_mem(bytes).map_err(decode_error)?.rgb().map_err(decode_error)?;
+    let mut started = mozjpeg::Decompress::new_mem(bytes)
+        .map_err(decode_error)?
+        .rgb()
+        .map_err(decode_error)?;
     if (started.width(), started.height()) != (width as usize, height as usize) {
-        return Err(ImageInputError::Decode("JPEG frame size disagrees with its header".into()));
+        return Err(ImageInputError::Decode(
+            "JPEG frame size disagrees with its header".into(),
+        ));
     }
     let pixels: Vec<u8> = started.read_scanlines::<u8>().map_err(decode_error)?;
     started.finish().map_err(decode_error)?;
@@ -135,12 +144,18 @@ mod tests {
     #[test]
     fn refuses_garbage_and_truncation() {
         assert!(matches!(decode_image(b""), Err(ImageInputError::Empty)));
-        assert!(matches!(decode_image(b"hello, this is not an image"), Err(ImageInputError::UnknownFormat)));
+        assert!(matches!(
+            decode_image(b"hello, this is not an image"),
+            Err(ImageInputError::UnknownFormat)
+        ));
         let full = jpeg(64, 64);
         let cut = &full[..full.len() / 2];
         assert!(matches!(decode_image(cut), Err(ImageInputError::Truncated)));
         // Cut inside the headers, before any scan.
-        assert!(matches!(decode_image(&full[..100]), Err(ImageInputError::Truncated)));
+        assert!(matches!(
+            decode_image(&full[..100]),
+            Err(ImageInputError::Truncated)
+        ));
     }
 
     /// A JPEG whose SOF header claims `w`×`h` but that has no pixel data: what
@@ -158,11 +173,23 @@ mod tests {
     fn refuses_huge_and_zero_sized_headers_before_decoding() {
         assert!(matches!(
             decode_image(&jpeg_header_only(20000, 20000)),
-            Err(ImageInputError::TooLarge { width: 20000, height: 20000 })
+            Err(ImageInputError::TooLarge {
+                width: 20000,
+                height: 20000
+            })
         ));
         // 8192 x 8000 is within each side but above 40 Mpx.
-        assert!(matches!(decode_image(&jpeg_header_only(8192, 8000)), Err(ImageInputError::TooLarge { .. })));
+        assert!(matches!(
+            decode_image(&jpeg_header_only(8192, 8000)),
+            Err(ImageInputError::TooLarge { .. })
+        ));
         let zero = decode_image(&jpeg_header_only(0, 0));
-        assert!(matches!(zero, Err(ImageInputError::ZeroSize { .. }) | Err(ImageInputError::Decode(_))), "{zero:?}");
+        assert!(
+            matches!(
+                zero,
+                Err(ImageInputError::ZeroSize { .. }) | Err(ImageInputError::Decode(_))
+            ),
+            "{zero:?}"
+        );
     }
 }

@@ -52,7 +52,11 @@ pub struct Parts {
 
 impl Default for Parts {
     fn default() -> Self {
-        Parts { pose: true, face: true, hands: true }
+        Parts {
+            pose: true,
+            face: true,
+            hands: true,
+        }
     }
 }
 
@@ -61,13 +65,21 @@ impl std::str::FromStr for Parts {
 
     /// Parses a comma-separated list such as `pose,face` or `hands`.
     fn from_str(s: &str) -> Result<Parts, String> {
-        let mut parts = Parts { pose: false, face: false, hands: false };
+        let mut parts = Parts {
+            pose: false,
+            face: false,
+            hands: false,
+        };
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "pose" => parts.pose = true,
                 "face" => parts.face = true,
                 "hands" => parts.hands = true,
-                other => return Err(format!("unknown part {other:?} (expected pose, face, hands)")),
+                other => {
+                    return Err(format!(
+                        "unknown part {other:?} (expected pose, face, hands)"
+                    ));
+                }
             }
         }
         Ok(parts)
@@ -114,8 +126,18 @@ mod tests {
 
     #[test]
     fn parts_parse() {
-        assert_eq!("pose,face,hands".parse::<Parts>().unwrap(), Parts::default());
-        assert_eq!("hands".parse::<Parts>().unwrap(), Parts { pose: false, face: false, hands: true });
+        assert_eq!(
+            "pose,face,hands".parse::<Parts>().unwrap(),
+            Parts::default()
+        );
+        assert_eq!(
+            "hands".parse::<Parts>().unwrap(),
+            Parts {
+                pose: false,
+                face: false,
+                hands: true
+            }
+        );
         assert!("pose,feet".parse::<Parts>().is_err());
     }
 }

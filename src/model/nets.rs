@@ -14,10 +14,16 @@ pub struct NetOutputs {
 impl NetOutputs {
     /// Output `index`, which must hold exactly `len` floats.
     pub fn get(&self, index: usize, len: usize) -> Result<&[f32], ModelError> {
-        let t = self.tensors.get(index).ok_or_else(|| ModelError::NetOutput {
-            net: self.net,
-            detail: format!("missing output {index} (got {} outputs)", self.tensors.len()),
-        })?;
+        let t = self
+            .tensors
+            .get(index)
+            .ok_or_else(|| ModelError::NetOutput {
+                net: self.net,
+                detail: format!(
+                    "missing output {index} (got {} outputs)",
+                    self.tensors.len()
+                ),
+            })?;
         if t.len() != len {
             return Err(ModelError::NetOutput {
                 net: self.net,

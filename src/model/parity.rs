@@ -5,7 +5,9 @@
 //! (x·W, y·H), as a fraction of the diagonal of the golden part's bounding box
 //! (also in px), so a 1% error means the same on a face and on a body.
 
-use super::{Holistic, HolisticResult, Mode, ModelError, Parts, ProcessOptions, TrackingState, decode_image};
+use super::{
+    Holistic, HolisticResult, Mode, ModelError, Parts, ProcessOptions, TrackingState, decode_image,
+};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -64,32 +66,54 @@ impl PartComparison {
 }
 
 /// Compares our result with a golden frame of a `width`×`height` image.
-pub fn compare_frame(golden: &GoldenFrame, ours: &HolisticResult, width: u32, height: u32) -> Vec<PartComparison> {
+pub fn compare_frame(
+    golden: &GoldenFrame,
+    ours: &HolisticResult,
+    width: u32,
+    height: u32,
+) -> Vec<PartComparison> {
     let ours_xy: [Vec<[f32; 2]>; 4] = [
         ours.pose.iter().map(|l| [l.x, l.y]).collect(),
         ours.face.iter().map(|l| [l.x, l.y]).collect(),
         ours.left_hand.iter().map(|l| [l.x, l.y]).collect(),
         ours.right_hand.iter().map(|l| [l.x, l.y]).collect(),
     ];
-    let golden_parts = [&golden.pose, &golden.face, &golden.left_hand, &golden.right_hand];
+    let golden_parts = [
+        &golden.pose,
+        &golden.face,
+        &golden.left_hand,
+        &golden.right_hand,
+    ];
     PARTS
         .iter()
         .zip(golden_parts)
         .zip(ours_xy)
         .map(|((&part, g), o)| {
-            let golden_xy: Option<Vec<[f32; 2]>> = g.as_ref().map(|rows| rows.iter().map(|r| [r[0], r[1]]).collect());
+            let golden_xy: Option<Vec<[f32; 2]>> = g
+                .as_ref()
+                .map(|rows| rows.iter().map(|r| [r[0], r[1]]).collect());
             let errors = match &golden_xy {
                 Some(g) if !o.is_empty() => Some(landmark_errors(g, &o, width, height)),
                 _ => None,
             };
-            PartComparison { part, golden_present: golden_xy.is_some(), ours_present: !o.is_empty(), errors }
+            PartComparison {
+                part,
+                golden_present: golden_xy.is_some(),
+                ours_present: !o.is_empty(),
+                errors,
+            }
         })
         .collect()
 }
 
 /// Mean and max distance in px over the golden bounding-box diagonal in px.
 /// Landmarks are matched by index; a count mismatch counts as an infinite error.
-pub fn landmark_errors(golden: &[[f32; 2]], ours: &[[f32; 2]], width: u32, height: u32) -> (f64, f64) {
+pub fn landmark_errors(
+    golden: &[[f32; 2]],
+    ours: &[[f32; 2]],
+    width: u32,
+    height: u32,
+) -> (f64, f64) {
     if golden.len() != ours.len() || golden.is_empty() {
         return (f64::INFINITY, f64::INFINITY);
     }
@@ -105,7 +129,8 @@ pub fn landmark_errors(golden: &[[f32; 2]], ours: &[[f32; 2]], width: u32, heigh
     let diagonal = ((x1 - x0).powi(2) + (y1 - y0).powi(2)).sqrt().max(1e-9);
     let (mut sum, mut max) = (0.0f64, 0.0f64);
     for (g, o) in golden.iter().zip(ours) {
-        let d = (((o[0] - g[0]) as f64 * w).powi(2) + ((o[1] - g[1]) as f64 * h).powi(2)).sqrt() / diagonal;
+        let d = (((o[0] - g[0]) as f64 * w).powi(2) + ((o[1] - g[1]) as f64 * h).powi(2)).sqrt()
+            / diagonal;
         sum += d;
         max = max.max(d);
     }
@@ -178,7 +203,11 @@ fn yes_no(b: bool) -> &'static str {
 
 impl fmt::Display for ParityReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9}", "image", "part", "mediapipe", "ours", "mean%", "max%")?;
+        writeln!(
+            f,
+            "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9}",
+            "image", "part", "mediapipe", "ours", "mean%", "max%"
+        )?;
         let (mut compared, mut worst_mean, mut sum_mean) = (0usize, 0.0f64, 0.0f64);
         for img in &self.images {
             for p in &img.parts {
@@ -191,7 +220,13 @@ impl fmt::Display for ParityReport {
                     }
                     None => ("-".into(), "-".into()),
                 };
-                let mark = if p.agrees() { "" } else if img.knife_edge { "  (presence differs, knife edge)" } else { "  PRESENCE DIFFERS" };
+                let mark = if p.agrees() {
+                    ""
+                } else if img.knife_edge {
+                    "  (presence differs, knife edge)"
+                } else {
+                    "  PRESENCE DIFFERS"
+                };
                 writeln!(
                     f,
                     "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9}{}",
@@ -211,10 +246,18 @@ impl fmt::Display for ParityReport {
             "summary: {} images, {} parts compared, mean of means {:.3}%, worst mean {:.3}% (limit {:.2}%): {}",
             self.images.len(),
             compared,
-            if compared > 0 { sum_mean / compared as f64 * 100.0 } else { 0.0 },
+            if compared > 0 {
+                sum_mean / compared as f64 * 100.0
+            } else {
+                0.0
+            },
             worst_mean * 100.0,
             self.thresholds.max_mean_err * 100.0,
-            if failures.is_empty() { "PASS".to_string() } else { format!("FAIL ({} problems)", failures.len()) }
+            if failures.is_empty() {
+                "PASS".to_string()
+            } else {
+                format!("FAIL ({} problems)", failures.len())
+            }
         )?;
         for fail in failures {
             write!(f, "\n  {fail}")?;
@@ -227,9 +270,15 @@ impl fmt::Display for ParityReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ParityError {
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {source}")]
     Model { path: PathBuf, source: ModelError },
     #[error("{0}")]
@@ -237,32 +286,50 @@ pub enum ParityError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ParityError> {
-    std::fs::read(path).map_err(|source| ParityError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| ParityError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ParityError> {
-    serde_json::from_slice(&read(path)?).map_err(|source| ParityError::Json { path: path.to_owned(), source })
+    serde_json::from_slice(&read(path)?).map_err(|source| ParityError::Json {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Runs every golden of `dir/golden` on its image in `dir/images`, each with a
 /// fresh state in static mode, as the goldens were made.
-pub fn check_dir(holistic: &Holistic, dir: &Path, thresholds: Thresholds) -> Result<ParityReport, ParityError> {
+pub fn check_dir(
+    holistic: &Holistic,
+    dir: &Path,
+    thresholds: Thresholds,
+) -> Result<ParityReport, ParityError> {
     let golden_dir = dir.join("golden");
     let mut goldens: Vec<PathBuf> = std::fs::read_dir(&golden_dir)
-        .map_err(|source| ParityError::Io { path: golden_dir.clone(), source })?
+        .map_err(|source| ParityError::Io {
+            path: golden_dir.clone(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     goldens.sort();
     if goldens.is_empty() {
-        return Err(ParityError::Data(format!("no golden files in {}", golden_dir.display())));
+        return Err(ParityError::Data(format!(
+            "no golden files in {}",
+            golden_dir.display()
+        )));
     }
     let mut images = Vec::new();
     for path in goldens {
         let golden: GoldenImage = parse(&path)?;
         let image_path = dir.join("images").join(&golden.image);
-        let image = decode_image(&read(&image_path)?)
-            .map_err(|e| ParityError::Model { path: image_path.clone(), source: e.into() })?;
+        let image = decode_image(&read(&image_path)?).map_err(|e| ParityError::Model {
+            path: image_path.clone(),
+            source: e.into(),
+        })?;
         if image.dimensions() != (golden.width, golden.height) {
             return Err(ParityError::Data(format!(
                 "{}: image is {:?}, golden says {}x{}",
@@ -272,11 +339,22 @@ pub fn check_dir(holistic: &Holistic, dir: &Path, thresholds: Thresholds) -> Res
                 golden.height
             )));
         }
-        let opts = ProcessOptions { mode: Mode::Static, parts: Parts::default(), timestamp_us: 0 };
+        let opts = ProcessOptions {
+            mode: Mode::Static,
+            parts: Parts::default(),
+            timestamp_us: 0,
+        };
         let ours = holistic
             .process(&image, &opts, &mut TrackingState::default())
-            .map_err(|source| ParityError::Model { path: image_path.clone(), source })?;
-        let name = golden.image.rsplit_once('.').map_or(golden.image.as_str(), |(stem, _)| stem).to_string();
+            .map_err(|source| ParityError::Model {
+                path: image_path.clone(),
+                source,
+            })?;
+        let name = golden
+            .image
+            .rsplit_once('.')
+            .map_or(golden.image.as_str(), |(stem, _)| stem)
+            .to_string();
         images.push(ImageParity {
             knife_edge: KNIFE_EDGE_IMAGES.contains(&name.as_str()),
             parts: compare_frame(&golden.frame, &ours, golden.width, golden.height),
@@ -293,7 +371,9 @@ pub fn split_mjpeg(bytes: &[u8]) -> Vec<&[u8]> {
     let mut frames = Vec::new();
     let mut i = 0;
     while let Some(start) = find(&bytes[i..], &[0xFF, 0xD8]).map(|s| s + i) {
-        let Some(end) = find(&bytes[start + 2..], &[0xFF, 0xD9]).map(|e| e + start + 4) else { break };
+        let Some(end) = find(&bytes[start + 2..], &[0xFF, 0xD9]).map(|e| e + start + 4) else {
+            break;
+        };
         frames.push(&bytes[start..end]);
         i = end;
     }
@@ -367,7 +447,11 @@ impl fmt::Display for ClipReport {
             "clip part", "mediapipe", "ours", "disagree", "mean%", "worst-mean%", "max%"
         )?;
         for (part, p) in &self.parts {
-            let mean = if p.compared > 0 { p.sum_mean / p.compared as f64 * 100.0 } else { 0.0 };
+            let mean = if p.compared > 0 {
+                p.sum_mean / p.compared as f64 * 100.0
+            } else {
+                0.0
+            };
             writeln!(
                 f,
                 "{:<10} {:>9} {:>9} {:>9} {:>9.3} {:>10.3} {:>9.3}",
@@ -385,7 +469,11 @@ impl fmt::Display for ClipReport {
             f,
             "summary: {} frames in tracking mode (error limit on pose and face): {}",
             self.frames,
-            if failures.is_empty() { "PASS".to_string() } else { format!("FAIL ({} problems)", failures.len()) }
+            if failures.is_empty() {
+                "PASS".to_string()
+            } else {
+                format!("FAIL ({} problems)", failures.len())
+            }
         )?;
         for fail in failures {
             write!(f, "\n  {fail}")?;
@@ -425,15 +513,29 @@ pub fn check_clip(
         )));
     }
     let mut state = TrackingState::default();
-    let mut parts: Vec<(&'static str, ClipPart)> = PARTS.iter().map(|&p| (p, ClipPart::default())).collect();
+    let mut parts: Vec<(&'static str, ClipPart)> =
+        PARTS.iter().map(|&p| (p, ClipPart::default())).collect();
     let count = max_frames.unwrap_or(frames.len()).min(frames.len());
     for (i, (jpeg, gold)) in frames.iter().zip(&golden.results).take(count).enumerate() {
-        let image = decode_image(jpeg).map_err(|e| ParityError::Model { path: clip.to_owned(), source: e.into() })?;
-        let opts = ProcessOptions { mode: Mode::Tracking, parts: Parts::default(), timestamp_us: i as i64 * FRAME_STEP_US };
+        let image = decode_image(jpeg).map_err(|e| ParityError::Model {
+            path: clip.to_owned(),
+            source: e.into(),
+        })?;
+        let opts = ProcessOptions {
+            mode: Mode::Tracking,
+            parts: Parts::default(),
+            timestamp_us: i as i64 * FRAME_STEP_US,
+        };
         let ours = holistic
             .process(&image, &opts, &mut state)
-            .map_err(|source| ParityError::Model { path: clip.to_owned(), source })?;
-        for (cmp, (_, total)) in compare_frame(gold, &ours, image.width(), image.height()).iter().zip(&mut parts) {
+            .map_err(|source| ParityError::Model {
+                path: clip.to_owned(),
+                source,
+            })?;
+        for (cmp, (_, total)) in compare_frame(gold, &ours, image.width(), image.height())
+            .iter()
+            .zip(&mut parts)
+        {
             total.frames_golden += cmp.golden_present as usize;
             total.frames_ours += cmp.ours_present as usize;
             total.frames_disagree += !cmp.agrees() as usize;
@@ -445,7 +547,12 @@ pub fn check_clip(
             }
         }
     }
-    Ok(ClipReport { frames: count, parts, thresholds, max_presence_mismatch })
+    Ok(ClipReport {
+        frames: count,
+        parts,
+        thresholds,
+        max_presence_mismatch,
+    })
 }
 
 #[cfg(test)]
@@ -459,8 +566,14 @@ mod tests {
         // First point off by 5 px in x (0.05·100), second exact: mean 5%, max 10%.
         let ours = [[0.15, 0.1], [0.4, 0.3]];
         let (mean, max) = landmark_errors(&golden, &ours, 100, 200);
-        assert!((mean - 0.05).abs() < 1e-6 && (max - 0.1).abs() < 1e-6, "{mean} {max}");
-        assert_eq!(landmark_errors(&golden, &ours[..1], 100, 200).0, f64::INFINITY);
+        assert!(
+            (mean - 0.05).abs() < 1e-6 && (max - 0.1).abs() < 1e-6,
+            "{mean} {max}"
+        );
+        assert_eq!(
+            landmark_errors(&golden, &ours[..1], 100, 200).0,
+            f64::INFINITY
+        );
     }
 
     fn report(name: &str, pose: (bool, bool), face: (bool, bool), mean: f64) -> ParityReport {
@@ -490,7 +603,11 @@ mod tests {
         assert!(report("zidane", (false, true), (false, true), 0.01).passed());
         // …but not a face difference when the pose agrees.
         assert!(!report("zidane", (true, true), (true, false), 0.01).passed());
-        assert!(report("zidane", (true, true), (true, true), 0.01).to_string().contains("PASS"));
+        assert!(
+            report("zidane", (true, true), (true, true), 0.01)
+                .to_string()
+                .contains("PASS")
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ impl Holistic {
     /// The shipped nets (weights embedded in the binary) on the default
     /// backend: burn's CPU `flex`, or the GPU backend a cargo feature selects.
     pub fn load_default() -> Result<Holistic, ModelError> {
-        Ok(Holistic::new(Box::new(holistream_nets::BurnNets::load_default_device()?)))
+        Ok(Holistic::new(Box::new(
+            holistream_nets::BurnNets::load_default_device()?,
+        )))
     }
 
     /// Wraps a set of nets.
@@ -66,7 +68,14 @@ impl Holistic {
         let mut result = HolisticResult::default();
 
         let pose = if parts.pose || parts.face || parts.hands {
-            self.pose(image, size, tracking, opts.timestamp_us, state, &mut timings)?
+            self.pose(
+                image,
+                size,
+                tracking,
+                opts.timestamp_us,
+                state,
+                &mut timings,
+            )?
         } else {
             None
         };
@@ -85,7 +94,12 @@ impl Holistic {
             result.pose = pose
                 .body
                 .iter()
-                .map(|l| PoseLandmark { x: l.x, y: l.y, z: l.z, visibility: l.visibility })
+                .map(|l| PoseLandmark {
+                    x: l.x,
+                    y: l.y,
+                    z: l.z,
+                    visibility: l.visibility,
+                })
                 .collect();
         }
 
@@ -102,8 +116,13 @@ impl Holistic {
         let mut found_hands: [Option<Vec<[f32; 3]>>; 2] = [None, None];
         if parts.hands {
             for (k, side) in hands::Side::BOTH.into_iter().enumerate() {
-                let prev = if tracking { state.hands[k].take() } else { None };
-                found_hands[k] = self.hand(image, size, &pose.body, side, prev.as_deref(), &mut timings)?;
+                let prev = if tracking {
+                    state.hands[k].take()
+                } else {
+                    None
+                };
+                found_hands[k] =
+                    self.hand(image, size, &pose.body, side, prev.as_deref(), &mut timings)?;
             }
             result.left_hand = found_hands[0].as_deref().map(landmarks).unwrap_or_default();
             result.right_hand = found_hands[1].as_deref().map(landmarks).unwrap_or_default();
@@ -128,7 +147,11 @@ impl Holistic {
         state: &mut TrackingState,
         timings: &mut StageTimings,
     ) -> Result<Option<pose::PoseLandmarks>, ModelError> {
-        let tracked_roi = if tracking { state.pose_roi.take() } else { None };
+        let tracked_roi = if tracking {
+            state.pose_roi.take()
+        } else {
+            None
+        };
         let roi = match tracked_roi {
             Some(roi) => Some(roi),
             None => {
@@ -149,7 +172,9 @@ impl Holistic {
             None => None,
         };
         timings.pose_landmark = ms_since(t);
-        let Some(mut found) = found else { return Ok(None) };
+        let Some(mut found) = found else {
+            return Ok(None);
+        };
 
         if tracking {
             let filters = state.pose_filters.get_or_insert_with(Default::default);
@@ -159,12 +184,21 @@ impl Holistic {
         Ok(Some(found))
     }
 
-    fn detect_pose(&self, image: &RgbImage, size: ImageSize) -> Result<Option<NormRect>, ModelError> {
-        let Some((outs, crop)) = self.run(Net::PoseDetection, image, None, &pose::DETECTION_TENSOR)? else {
+    fn detect_pose(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+    ) -> Result<Option<NormRect>, ModelError> {
+        let Some((outs, crop)) =
+            self.run(Net::PoseDetection, image, None, &pose::DETECTION_TENSOR)?
+        else {
             return Ok(None);
         };
         let (boxes, scores) = pose::detection_outputs(&outs)?;
-        Ok(pose::best_detection(boxes, scores, &self.pose_anchors, &crop).map(|d| pose::detection_to_roi(&d, size)))
+        Ok(
+            pose::best_detection(boxes, scores, &self.pose_anchors, &crop)
+                .map(|d| pose::detection_to_roi(&d, size)),
+        )
     }
 
     /// §6: face detection inside the pose's head ROI, then the landmark net
@@ -179,7 +213,12 @@ impl Holistic {
     ) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
         let t = Instant::now();
         let coarse = face::roi_from_pose(body, size);
-        let detection = match self.run(Net::FaceDetection, image, Some(&coarse), &face::DETECTION_TENSOR)? {
+        let detection = match self.run(
+            Net::FaceDetection,
+            image,
+            Some(&coarse),
+            &face::DETECTION_TENSOR,
+        )? {
             Some((outs, crop)) => {
                 let (regressors, scores) = face::detection_outputs(&outs)?;
                 face::best_detection(regressors, scores, &self.face_anchors, &crop, size)
@@ -187,7 +226,9 @@ impl Holistic {
             None => None,
         };
         timings.face_detection = ms_since(t);
-        let Some(detection) = detection else { return Ok(None) };
+        let Some(detection) = detection else {
+            return Ok(None);
+        };
 
         let t = Instant::now();
         let recrop = face::roi_from_detection(&detection, size);
@@ -214,19 +255,33 @@ impl Holistic {
         prev: Option<&[[f32; 3]]>,
         timings: &mut StageTimings,
     ) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
-        let Some(coarse) = hands::roi_from_pose(body, side, size) else { return Ok(None) };
+        let Some(coarse) = hands::roi_from_pose(body, side, size) else {
+            return Ok(None);
+        };
         let t = Instant::now();
         let recrop = match self.run(Net::HandRecrop, image, Some(&coarse), &hands::RECROP_TENSOR)? {
-            Some((outs, crop)) => Some(hands::roi_from_recrop(hands::recrop_outputs(&outs)?, &coarse, &crop, size)),
+            Some((outs, crop)) => Some(hands::roi_from_recrop(
+                hands::recrop_outputs(&outs)?,
+                &coarse,
+                &crop,
+                size,
+            )),
             None => None,
         };
         timings.hand_recrop += ms_since(t);
-        let Some(recrop) = recrop else { return Ok(None) };
+        let Some(recrop) = recrop else {
+            return Ok(None);
+        };
 
         let t = Instant::now();
         let prev = prev.map(|lms| (hands::roi_from_landmarks(lms, size), lms));
         let roi = choose_roi(recrop, prev, &hands::TRACKING, size);
-        let found = match self.run(Net::HandLandmark, image, Some(&roi), &hands::LANDMARK_TENSOR)? {
+        let found = match self.run(
+            Net::HandLandmark,
+            image,
+            Some(&roi),
+            &hands::LANDMARK_TENSOR,
+        )? {
             Some((outs, crop)) => {
                 let (lms, flag) = hands::landmark_outputs(&outs)?;
                 hands::decode_landmarks(lms, flag, &roi, &crop)

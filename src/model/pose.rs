@@ -5,17 +5,27 @@
 
 use super::anchors::{Anchor, POSE_DETECTION_ANCHORS, ssd_anchors};
 use super::detection::{DecodeOptions, Detection, decode, sigmoid, weighted_nms};
-use super::geometry::{ImageSize, NormRect, Padding, RectTransform, alignment_rect, transform_rect};
+use super::geometry::{
+    ImageSize, NormRect, Padding, RectTransform, alignment_rect, transform_rect,
+};
 use super::nets::NetOutputs;
 use super::warp::{Border, CropTransform, TensorSpec, ValueRange};
 use serde::{Deserialize, Serialize};
 
 /// `pose_detection`: whole image letterboxed to 224, zero border, [−1, 1].
-pub const DETECTION_TENSOR: TensorSpec =
-    TensorSpec { size: 224, keep_aspect: true, border: Border::Zero, range: ValueRange::MINUS_ONE_ONE };
+pub const DETECTION_TENSOR: TensorSpec = TensorSpec {
+    size: 224,
+    keep_aspect: true,
+    border: Border::Zero,
+    range: ValueRange::MINUS_ONE_ONE,
+};
 /// `pose_landmark_full`: the pose ROI at 256, replicated border, [0, 1].
-pub const LANDMARK_TENSOR: TensorSpec =
-    TensorSpec { size: 256, keep_aspect: true, border: Border::Replicate, range: ValueRange::ZERO_ONE };
+pub const LANDMARK_TENSOR: TensorSpec = TensorSpec {
+    size: 256,
+    keep_aspect: true,
+    border: Border::Replicate,
+    range: ValueRange::ZERO_ONE,
+};
 
 /// Python's `min_detection_confidence` default, which overrides the detector's `min_score_thresh`.
 pub const MIN_DETECTION_SCORE: f32 = 0.5;
@@ -72,9 +82,21 @@ pub fn anchors() -> Vec<Anchor> {
 /// # Shapes
 /// `boxes`: 2254 × 12 (`[xc, yc, w, h, kp0x, kp0y, … kp3y]` in 224-px units);
 /// `scores`: 2254 logits.
-pub fn best_detection(boxes: &[f32], scores: &[f32], anchors: &[Anchor], crop: &CropTransform) -> Option<Detection> {
-    let opts = DecodeOptions { num_coords: 12, num_keypoints: 4, scale: 224.0, min_score: MIN_DETECTION_SCORE };
-    let mut best = weighted_nms(decode(boxes, scores, anchors, &opts), NMS_IOU).into_iter().next()?;
+pub fn best_detection(
+    boxes: &[f32],
+    scores: &[f32],
+    anchors: &[Anchor],
+    crop: &CropTransform,
+) -> Option<Detection> {
+    let opts = DecodeOptions {
+        num_coords: 12,
+        num_keypoints: 4,
+        scale: 224.0,
+        min_score: MIN_DETECTION_SCORE,
+    };
+    let mut best = weighted_nms(decode(boxes, scores, anchors, &opts), NMS_IOU)
+        .into_iter()
+        .next()?;
     best.remove_letterbox(&crop.padding);
     Some(best)
 }
@@ -88,7 +110,11 @@ pub fn detection_to_roi(det: &Detection, size: ImageSize) -> NormRect {
 
 /// §5: the next frame's ROI, same recipe on the (smoothed) auxiliary landmarks.
 pub fn aux_to_roi(aux: &[RawLandmark; 2], size: ImageSize) -> NormRect {
-    transform_rect(aux_alignment_rect(aux, size), RectTransform::square(1.25, 0.0), size)
+    transform_rect(
+        aux_alignment_rect(aux, size),
+        RectTransform::square(1.25, 0.0),
+        size,
+    )
 }
 
 /// The aux landmarks' rect before scaling: the smoothing filters' object scale (§8).
@@ -133,7 +159,12 @@ pub fn decode_landmarks(
 
 fn project_landmark(lm: &RawLandmark, pad: &Padding, roi: &NormRect) -> RawLandmark {
     let p = super::geometry::project(pad.remove([lm.x, lm.y, lm.z]), roi);
-    RawLandmark { x: p[0], y: p[1], z: p[2], ..*lm }
+    RawLandmark {
+        x: p[0],
+        y: p[1],
+        z: p[2],
+        ..*lm
+    }
 }
 
 /// `RefineLandmarksFromHeatmapCalculator` (kernel 9): moves x, y to the
@@ -186,7 +217,11 @@ pub fn detection_outputs(outs: &NetOutputs) -> Result<(&[f32], &[f32]), super::M
 pub fn landmark_outputs(outs: &NetOutputs) -> Result<(&[f32], f32, &[f32]), super::ModelError> {
     let hm = HEATMAP_SIDE * HEATMAP_SIDE * NUM_NET_LANDMARKS;
     let heatmap_index = if outs.tensors.len() == 5 { 3 } else { 2 };
-    Ok((outs.get(0, NUM_NET_LANDMARKS * 5)?, outs.get(1, 1)?[0], outs.get(heatmap_index, hm)?))
+    Ok((
+        outs.get(0, NUM_NET_LANDMARKS * 5)?,
+        outs.get(1, 1)?[0],
+        outs.get(heatmap_index, hm)?,
+    ))
 }
 
 #[cfg(test)]
@@ -208,8 +243,16 @@ mod tests {
         // and (row 12, col 21) with equal weight → (col 21, row 11) / 64.
         let hm = heatmap_with(&[(10, 21, 0, 20.0), (12, 21, 0, 20.0)]);
         let mut lms = vec![
-            RawLandmark { x: 20.5 / 64.0, y: 10.5 / 64.0, ..Default::default() },
-            RawLandmark { x: 0.5, y: 0.5, ..Default::default() },
+            RawLandmark {
+                x: 20.5 / 64.0,
+                y: 10.5 / 64.0,
+                ..Default::default()
+            },
+            RawLandmark {
+                x: 0.5,
+                y: 0.5,
+                ..Default::default()
+            },
         ];
         refine_from_heatmap(&mut lms, &hm);
         assert!((lms[0].x - 21.0 / 64.0).abs() < 1e-4, "{}", lms[0].x);
@@ -222,15 +265,36 @@ mod tests {
     fn heatmap_refinement_ignores_cells_outside_kernel_and_points_outside_map() {
         // Confident cell 5 columns away: outside the 9x9 window → no refinement.
         let hm = heatmap_with(&[(10, 25, 0, 20.0)]);
-        let mut lms = vec![RawLandmark { x: 20.5 / 64.0, y: 10.5 / 64.0, ..Default::default() }; 2];
+        let mut lms = vec![
+            RawLandmark {
+                x: 20.5 / 64.0,
+                y: 10.5 / 64.0,
+                ..Default::default()
+            };
+            2
+        ];
         refine_from_heatmap(&mut lms, &hm);
         assert_eq!(lms[0].x, 20.5 / 64.0);
         // x = −0.5: col = −32 → left alone.
-        let mut lms = vec![RawLandmark { x: -0.5, y: 0.5, ..Default::default() }; 2];
+        let mut lms = vec![
+            RawLandmark {
+                x: -0.5,
+                y: 0.5,
+                ..Default::default()
+            };
+            2
+        ];
         refine_from_heatmap(&mut lms, &heatmap_with(&[(32, 0, 0, 20.0)]));
         assert_eq!(lms[0].x, -0.5);
         // x = −0.01 truncates to col 0, so it is refined (C++ truncation).
-        let mut lms = vec![RawLandmark { x: -0.01, y: 32.5 / 64.0, ..Default::default() }; 2];
+        let mut lms = vec![
+            RawLandmark {
+                x: -0.01,
+                y: 32.5 / 64.0,
+                ..Default::default()
+            };
+            2
+        ];
         refine_from_heatmap(&mut lms, &heatmap_with(&[(32, 0, 0, 20.0)]));
         assert!(lms[0].x.abs() < 1e-6);
     }
@@ -239,7 +303,14 @@ mod tests {
     fn heatmap_refinement_keeps_mediapipe_row_bound_quirk() {
         // Row 65 (y just below the map) still refines from rows 61..63.
         let hm = heatmap_with(&[(63, 10, 0, 20.0)]);
-        let mut lms = vec![RawLandmark { x: 10.5 / 64.0, y: 65.5 / 64.0, ..Default::default() }; 2];
+        let mut lms = vec![
+            RawLandmark {
+                x: 10.5 / 64.0,
+                y: 65.5 / 64.0,
+                ..Default::default()
+            };
+            2
+        ];
         refine_from_heatmap(&mut lms, &hm);
         assert!((lms[0].y - 63.0 / 64.0).abs() < 1e-4);
     }
@@ -253,7 +324,13 @@ mod tests {
             bbox: Default::default(),
             keypoints: vec![[0.5, 0.7], [0.5, 0.5], [0.0, 0.0], [0.0, 0.0]],
         };
-        let roi = detection_to_roi(&det, ImageSize { width: 100, height: 100 });
+        let roi = detection_to_roi(
+            &det,
+            ImageSize {
+                width: 100,
+                height: 100,
+            },
+        );
         assert!((roi.xc - 0.5).abs() < 1e-6 && (roi.yc - 0.7).abs() < 1e-6);
         assert!((roi.w - 0.5).abs() < 1e-6 && (roi.h - 0.5).abs() < 1e-6);
         assert!(roi.r.abs() < 1e-6);

@@ -50,7 +50,14 @@ pub struct HolisticResult {
 }
 
 pub(crate) fn landmarks(points: &[[f32; 3]]) -> Vec<Landmark> {
-    points.iter().map(|p| Landmark { x: p[0], y: p[1], z: p[2] }).collect()
+    points
+        .iter()
+        .map(|p| Landmark {
+            x: p[0],
+            y: p[1],
+            z: p[2],
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -60,8 +67,16 @@ mod tests {
     #[test]
     fn wire_format_has_empty_lists_for_absent_parts_and_no_timings() {
         let r = HolisticResult {
-            pose: vec![PoseLandmark { x: 0.5, y: 0.25, z: -0.125, visibility: 1.0 }],
-            timings: StageTimings { total: 3.0, ..Default::default() },
+            pose: vec![PoseLandmark {
+                x: 0.5,
+                y: 0.25,
+                z: -0.125,
+                visibility: 1.0,
+            }],
+            timings: StageTimings {
+                total: 3.0,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let json = serde_json::to_string(&r).unwrap();

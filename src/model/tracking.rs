@@ -65,11 +65,21 @@ pub fn choose_roi(
     }
 }
 
-fn rect_requirements(prev: &NormRect, recrop: &NormRect, limits: &RoiTrackingLimits, size: ImageSize) -> bool {
+fn rect_requirements(
+    prev: &NormRect,
+    recrop: &NormRect,
+    limits: &RoiTrackingLimits,
+    size: ImageSize,
+) -> bool {
     // Rotate both centres so the re-crop rect is axis aligned.
     let (sina, cosa) = (-recrop.r).sin_cos();
     let (iw, ih) = (size.w(), size.h());
-    let rot = |r: &NormRect| (r.xc * iw * cosa - r.yc * ih * sina, r.xc * iw * sina + r.yc * ih * cosa);
+    let rot = |r: &NormRect| {
+        (
+            r.xc * iw * cosa - r.yc * ih * sina,
+            r.xc * iw * sina + r.yc * ih * cosa,
+        )
+    };
     let (px, py) = rot(prev);
     let (rx, ry) = rot(recrop);
     let mut dr = (prev.r - recrop.r).to_degrees();
@@ -87,12 +97,20 @@ fn rect_requirements(prev: &NormRect, recrop: &NormRect, limits: &RoiTrackingLim
         && (prev.h * ih - rh).abs() <= rh * limits.scale
 }
 
-fn landmarks_inside(landmarks: &[[f32; 3]], recrop: &NormRect, margin: f32, size: ImageSize) -> bool {
+fn landmarks_inside(
+    landmarks: &[[f32; 3]],
+    recrop: &NormRect,
+    margin: f32,
+    size: ImageSize,
+) -> bool {
     let (sina, cosa) = (-recrop.r).sin_cos();
     let (iw, ih) = (size.w(), size.h());
     let rx = recrop.xc * iw * cosa - recrop.yc * ih * sina;
     let ry = recrop.xc * iw * sina + recrop.yc * ih * cosa;
-    let (hw, hh) = (recrop.w * iw * (1.0 + margin) * 0.5, recrop.h * ih * (1.0 + margin) * 0.5);
+    let (hw, hh) = (
+        recrop.w * iw * (1.0 + margin) * 0.5,
+        recrop.h * ih * (1.0 + margin) * 0.5,
+    );
     landmarks.iter().all(|p| {
         let x = p[0] * iw * cosa - p[1] * ih * sina;
         let y = p[0] * iw * sina + p[1] * ih * cosa;
@@ -110,7 +128,11 @@ pub(crate) struct LowPass {
 
 impl LowPass {
     fn apply(&mut self, value: f32, alpha: f32) -> f32 {
-        let out = if self.initialized { alpha * value + (1.0 - alpha) * self.stored } else { value };
+        let out = if self.initialized {
+            alpha * value + (1.0 - alpha) * self.stored
+        } else {
+            value
+        };
         self.raw = value;
         self.stored = out;
         self.initialized = true;
@@ -127,9 +149,17 @@ pub struct OneEuroParams {
 }
 
 /// The 33 output landmarks: `pose_landmark_filtering.pbtxt`.
-pub const POSE_FILTER: OneEuroParams = OneEuroParams { min_cutoff: 0.05, beta: 80.0, derivate_cutoff: 1.0 };
+pub const POSE_FILTER: OneEuroParams = OneEuroParams {
+    min_cutoff: 0.05,
+    beta: 80.0,
+    derivate_cutoff: 1.0,
+};
 /// The two auxiliary (ROI) landmarks, smoothed harder.
-pub const AUX_FILTER: OneEuroParams = OneEuroParams { min_cutoff: 0.01, beta: 10.0, derivate_cutoff: 1.0 };
+pub const AUX_FILTER: OneEuroParams = OneEuroParams {
+    min_cutoff: 0.01,
+    beta: 10.0,
+    derivate_cutoff: 1.0,
+};
 /// Visibility low-pass weight of the new sample.
 const VISIBILITY_ALPHA: f32 = 0.1;
 /// Filters start at 30 Hz until two timestamps give the real rate.
@@ -148,7 +178,12 @@ pub(crate) struct OneEuro {
 
 impl Default for OneEuro {
     fn default() -> Self {
-        OneEuro { frequency: DEFAULT_FREQUENCY, last_time_ns: None, x: LowPass::default(), dx: LowPass::default() }
+        OneEuro {
+            frequency: DEFAULT_FREQUENCY,
+            last_time_ns: None,
+            x: LowPass::default(),
+            dx: LowPass::default(),
+        }
     }
 }
 
@@ -168,8 +203,14 @@ impl OneEuro {
             self.frequency = 1.0 / ((time_ns - last) as f64 * 1e-9);
         }
         self.last_time_ns = Some(time_ns);
-        let dvalue = if self.x.initialized { (value - self.x.raw as f64) * value_scale * self.frequency } else { 0.0 };
-        let edvalue = self.dx.apply(dvalue as f32, self.alpha(p.derivate_cutoff) as f32) as f64;
+        let dvalue = if self.x.initialized {
+            (value - self.x.raw as f64) * value_scale * self.frequency
+        } else {
+            0.0
+        };
+        let edvalue =
+            self.dx
+                .apply(dvalue as f32, self.alpha(p.derivate_cutoff) as f32) as f64;
         let cutoff = p.min_cutoff + p.beta * edvalue.abs();
         self.x.apply(value as f32, self.alpha(cutoff) as f32) as f64
     }
@@ -186,7 +227,14 @@ pub(crate) struct LandmarkFilters {
 impl LandmarkFilters {
     /// Smooths visibility, then coordinates in px (x·W, y·H, z·W) with
     /// `value_scale = 1/object_scale`.
-    fn apply(&mut self, lms: &mut [RawLandmark], p: &OneEuroParams, time_ns: i64, object_scale: f32, size: ImageSize) {
+    fn apply(
+        &mut self,
+        lms: &mut [RawLandmark],
+        p: &OneEuroParams,
+        time_ns: i64,
+        object_scale: f32,
+        size: ImageSize,
+    ) {
         self.visibility.resize(lms.len(), LowPass::default());
         for (lm, f) in lms.iter_mut().zip(&mut self.visibility) {
             lm.visibility = f.apply(lm.visibility, VISIBILITY_ALPHA);
@@ -235,11 +283,25 @@ impl PoseFilters {
 mod tests {
     use super::*;
 
-    const SQ: ImageSize = ImageSize { width: 100, height: 100 };
-    const LIMITS: RoiTrackingLimits = RoiTrackingLimits { rotation_degrees: 15.0, translation: 0.1, scale: 0.3, recrop_margin: -0.2 };
+    const SQ: ImageSize = ImageSize {
+        width: 100,
+        height: 100,
+    };
+    const LIMITS: RoiTrackingLimits = RoiTrackingLimits {
+        rotation_degrees: 15.0,
+        translation: 0.1,
+        scale: 0.3,
+        recrop_margin: -0.2,
+    };
 
     fn rect(xc: f32, w: f32, r_deg: f32) -> NormRect {
-        NormRect { xc, yc: 0.5, w, h: w, r: r_deg.to_radians() }
+        NormRect {
+            xc,
+            yc: 0.5,
+            w,
+            h: w,
+            r: r_deg.to_radians(),
+        }
     }
 
     #[test]
@@ -257,16 +319,31 @@ mod tests {
         let recrop = rect(0.5, 0.4, 0.0);
         let lms = [[0.5, 0.5, 0.0]];
         // Centre moved 5 px > 0.1·40 px.
-        assert_eq!(choose_roi(recrop, Some((rect(0.55, 0.4, 0.0), &lms)), &LIMITS, SQ), recrop);
+        assert_eq!(
+            choose_roi(recrop, Some((rect(0.55, 0.4, 0.0), &lms)), &LIMITS, SQ),
+            recrop
+        );
         // Rotated 20° > 15°.
-        assert_eq!(choose_roi(recrop, Some((rect(0.5, 0.4, 20.0), &lms)), &LIMITS, SQ), recrop);
+        assert_eq!(
+            choose_roi(recrop, Some((rect(0.5, 0.4, 20.0), &lms)), &LIMITS, SQ),
+            recrop
+        );
         // Size 53 px vs 40 px: 13 > 0.3·40.
-        assert_eq!(choose_roi(recrop, Some((rect(0.5, 0.53, 0.0), &lms)), &LIMITS, SQ), recrop);
+        assert_eq!(
+            choose_roi(recrop, Some((rect(0.5, 0.53, 0.0), &lms)), &LIMITS, SQ),
+            recrop
+        );
         // A landmark at x = 0.67: outside the rect shrunk by 20% (half side 16 px → x < 0.66).
         let far = [[0.67, 0.5, 0.0]];
-        assert_eq!(choose_roi(recrop, Some((rect(0.5, 0.4, 0.0), &far)), &LIMITS, SQ), recrop);
+        assert_eq!(
+            choose_roi(recrop, Some((rect(0.5, 0.4, 0.0), &far)), &LIMITS, SQ),
+            recrop
+        );
         let near = [[0.65, 0.5, 0.0]];
-        assert_eq!(choose_roi(recrop, Some((rect(0.5, 0.4, 0.0), &near)), &LIMITS, SQ), rect(0.5, 0.4, 0.0));
+        assert_eq!(
+            choose_roi(recrop, Some((rect(0.5, 0.4, 0.0), &near)), &LIMITS, SQ),
+            rect(0.5, 0.4, 0.0)
+        );
     }
 
     #[test]
@@ -280,7 +357,11 @@ mod tests {
 
     #[test]
     fn one_euro_first_sample_passes_then_smooths() {
-        let p = OneEuroParams { min_cutoff: 1.0, beta: 0.0, derivate_cutoff: 1.0 };
+        let p = OneEuroParams {
+            min_cutoff: 1.0,
+            beta: 0.0,
+            derivate_cutoff: 1.0,
+        };
         let mut f = OneEuro::default();
         assert_eq!(f.apply(&p, 0, 1.0, 10.0), 10.0);
         // Second sample 0.1 s later: frequency 10 Hz, te = 0.1, tau = 1/(2π),

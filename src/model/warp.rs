@@ -34,7 +34,10 @@ pub struct ValueRange {
 
 impl ValueRange {
     pub const ZERO_ONE: ValueRange = ValueRange { min: 0.0, max: 1.0 };
-    pub const MINUS_ONE_ONE: ValueRange = ValueRange { min: -1.0, max: 1.0 };
+    pub const MINUS_ONE_ONE: ValueRange = ValueRange {
+        min: -1.0,
+        max: 1.0,
+    };
 }
 
 /// How one net wants its input tensor made.
@@ -66,7 +69,10 @@ impl PixelRoi {
     pub fn to_image(&self, u: f32, v: f32, width: u32, height: u32) -> [f32; 2] {
         let (s, c) = self.r.sin_cos();
         let (a, b) = ((u - 0.5) * self.w, (v - 0.5) * self.h);
-        [(self.cx + a * c - b * s) / width as f32, (self.cy + a * s + b * c) / height as f32]
+        [
+            (self.cx + a * c - b * s) / width as f32,
+            (self.cy + a * s + b * c) / height as f32,
+        ]
     }
 }
 
@@ -108,13 +114,34 @@ pub fn crop_to_tensor(
     }
     // GetRoi: the ROI in px; no rect means the whole image.
     let mut roi = match rect {
-        Some(r) => PixelRoi { cx: r.xc * iw as f32, cy: r.yc * ih as f32, w: r.w * iw as f32, h: r.h * ih as f32, r: r.r },
-        None => PixelRoi { cx: 0.5 * iw as f32, cy: 0.5 * ih as f32, w: iw as f32, h: ih as f32, r: 0.0 },
+        Some(r) => PixelRoi {
+            cx: r.xc * iw as f32,
+            cy: r.yc * ih as f32,
+            w: r.w * iw as f32,
+            h: r.h * ih as f32,
+            r: r.r,
+        },
+        None => PixelRoi {
+            cx: 0.5 * iw as f32,
+            cy: 0.5 * ih as f32,
+            w: iw as f32,
+            h: ih as f32,
+            r: 0.0,
+        },
     };
-    if !(roi.w > 0.0 && roi.h > 0.0 && roi.cx.is_finite() && roi.cy.is_finite() && roi.r.is_finite()) {
+    if !(roi.w > 0.0
+        && roi.h > 0.0
+        && roi.cx.is_finite()
+        && roi.cy.is_finite()
+        && roi.r.is_finite())
+    {
         return Err(WarpError::EmptyRoi);
     }
-    let padding = if spec.keep_aspect { pad_roi(&mut roi) } else { Padding::default() };
+    let padding = if spec.keep_aspect {
+        pad_roi(&mut roi)
+    } else {
+        Padding::default()
+    };
     warp(image, &roi, spec, out);
     Ok(CropTransform { roi, padding })
 }
@@ -127,11 +154,21 @@ fn pad_roi(roi: &mut PixelRoi) -> Padding {
     if tensor_aspect > roi_aspect {
         roi.h = roi.w * tensor_aspect;
         let v = (1.0 - roi_aspect / tensor_aspect) / 2.0;
-        Padding { left: 0.0, top: v, right: 0.0, bottom: v }
+        Padding {
+            left: 0.0,
+            top: v,
+            right: 0.0,
+            bottom: v,
+        }
     } else {
         roi.w = roi.h / tensor_aspect;
         let hp = (1.0 - tensor_aspect / roi_aspect) / 2.0;
-        Padding { left: hp, top: 0.0, right: hp, bottom: 0.0 }
+        Padding {
+            left: hp,
+            top: 0.0,
+            right: hp,
+            bottom: 0.0,
+        }
     }
 }
 
@@ -183,7 +220,10 @@ fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>)
                 let o = sy as usize * stride + sx as usize * 3;
                 let (r0, r1) = (&src[o..o + 6], &src[o + stride..o + stride + 6]);
                 for ch in 0..3 {
-                    let v = r0[ch] as i64 * w00 + r0[3 + ch] as i64 * w01 + r1[ch] as i64 * w10 + r1[3 + ch] as i64 * w11;
+                    let v = r0[ch] as i64 * w00
+                        + r0[3 + ch] as i64 * w01
+                        + r1[ch] as i64 * w10
+                        + r1[3 + ch] as i64 * w11;
                     px[ch] = lut[((v + half) >> COEF_BITS).clamp(0, 255) as usize];
                 }
             } else if zero && (sx >= iw || sy >= ih || sx + 1 < 0 || sy + 1 < 0) {
@@ -191,7 +231,8 @@ fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>)
             } else {
                 let fetch = |x: i64, y: i64| -> Option<usize> {
                     if zero {
-                        (x >= 0 && y >= 0 && x < iw && y < ih).then(|| y as usize * stride + x as usize * 3)
+                        (x >= 0 && y >= 0 && x < iw && y < ih)
+                            .then(|| y as usize * stride + x as usize * 3)
                     } else {
                         Some(y.clamp(0, ih - 1) as usize * stride + x.clamp(0, iw - 1) as usize * 3)
                     }
@@ -203,7 +244,10 @@ fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>)
                     (fetch(sx + 1, sy + 1), w11),
                 ];
                 for ch in 0..3 {
-                    let v: i64 = corners.iter().map(|&(o, wt)| o.map_or(0, |o| src[o + ch] as i64) * wt).sum();
+                    let v: i64 = corners
+                        .iter()
+                        .map(|&(o, wt)| o.map_or(0, |o| src[o + ch] as i64) * wt)
+                        .sum();
                     px[ch] = lut[((v + half) >> COEF_BITS).clamp(0, 255) as usize];
                 }
             }
@@ -219,7 +263,11 @@ fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>)
 #[inline(always)]
 fn round_half_even(v: f64) -> i64 {
     const MAGIC: f64 = 6_755_399_441_055_744.0;
-    if v.abs() < 2f64.powi(50) { ((v + MAGIC) - MAGIC) as i64 } else { v.clamp(i32::MIN as f64, i32::MAX as f64) as i64 }
+    if v.abs() < 2f64.powi(50) {
+        ((v + MAGIC) - MAGIC) as i64
+    } else {
+        v.clamp(i32::MIN as f64, i32::MAX as f64) as i64
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +275,10 @@ mod tests {
     #[test]
     fn rounding_is_half_to_even_like_cv_round() {
         use super::round_half_even as r;
-        assert_eq!([r(0.5), r(1.5), r(2.5), r(-0.5), r(-1.5), r(2.4), r(-2.6)], [0, 2, 2, 0, -2, 2, -3]);
+        assert_eq!(
+            [r(0.5), r(1.5), r(2.5), r(-0.5), r(-1.5), r(2.4), r(-2.6)],
+            [0, 2, 2, 0, -2, 2, -3]
+        );
         assert_eq!(r(1e300), i32::MAX as i64);
         assert_eq!(r(f64::NAN), 0);
     }
@@ -235,8 +286,15 @@ mod tests {
     use super::*;
     use image::Rgb;
 
-    const RAW: TensorSpec =
-        TensorSpec { size: 4, keep_aspect: false, border: Border::Replicate, range: ValueRange { min: 0.0, max: 255.0 } };
+    const RAW: TensorSpec = TensorSpec {
+        size: 4,
+        keep_aspect: false,
+        border: Border::Replicate,
+        range: ValueRange {
+            min: 0.0,
+            max: 255.0,
+        },
+    };
 
     fn gradient(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| Rgb([(x * 10) as u8, (y * 10) as u8, 7]))
@@ -262,13 +320,22 @@ mod tests {
         // ROI shifted by half a pixel in x: samples at x = 0.5, 1.5, ...: mean of
         // neighbours: 5, 15, 25, then (30+30)/2 = 30 at the replicated edge.
         let img = gradient(4, 4);
-        let rect = NormRect { xc: 2.5 / 4.0, yc: 0.5, w: 1.0, h: 1.0, r: 0.0 };
+        let rect = NormRect {
+            xc: 2.5 / 4.0,
+            yc: 0.5,
+            w: 1.0,
+            h: 1.0,
+            r: 0.0,
+        };
         let mut out = Vec::new();
         crop_to_tensor(&img, Some(&rect), &RAW, &mut out).unwrap();
         let row0: Vec<f32> = (0..4).map(|i| out[i * 3]).collect();
         assert_eq!(row0, vec![5.0, 15.0, 25.0, 30.0]);
         // Same with a zero border: the last sample is (30 + 0)/2 = 15.
-        let spec = TensorSpec { border: Border::Zero, ..RAW };
+        let spec = TensorSpec {
+            border: Border::Zero,
+            ..RAW
+        };
         crop_to_tensor(&img, Some(&rect), &spec, &mut out).unwrap();
         assert_eq!(out[3 * 3], 15.0);
         // Channel 2 is constant 7 inside the image, 3.5 → rounds to 4 at the edge.
@@ -281,7 +348,13 @@ mod tests {
         // Tensor (0,0) samples c + R·(−2, −2) = (2 + 2, 2 − 2) = (4, 0) → replicated
         // to column 3; tensor (i, 0) samples (4, i).
         let img = gradient(4, 4);
-        let rect = NormRect { xc: 0.5, yc: 0.5, w: 1.0, h: 1.0, r: std::f32::consts::FRAC_PI_2 };
+        let rect = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 1.0,
+            h: 1.0,
+            r: std::f32::consts::FRAC_PI_2,
+        };
         let mut out = Vec::new();
         crop_to_tensor(&img, Some(&rect), &RAW, &mut out).unwrap();
         for i in 0..4 {
@@ -299,10 +372,23 @@ mod tests {
         // 4 wide x 2 high image into a 4x4 tensor: the ROI grows to 4x4 around the
         // centre, rows 0 and 3 fall outside (zero), padding is 1/4 top and bottom.
         let img = RgbImage::from_pixel(4, 2, Rgb([255, 255, 255]));
-        let spec = TensorSpec { keep_aspect: true, border: Border::Zero, range: ValueRange::MINUS_ONE_ONE, size: 4 };
+        let spec = TensorSpec {
+            keep_aspect: true,
+            border: Border::Zero,
+            range: ValueRange::MINUS_ONE_ONE,
+            size: 4,
+        };
         let mut out = Vec::new();
         let t = crop_to_tensor(&img, None, &spec, &mut out).unwrap();
-        assert_eq!(t.padding, Padding { left: 0.0, top: 0.25, right: 0.0, bottom: 0.25 });
+        assert_eq!(
+            t.padding,
+            Padding {
+                left: 0.0,
+                top: 0.25,
+                right: 0.0,
+                bottom: 0.25
+            }
+        );
         assert_eq!(t.roi.h, 4.0);
         // Row 0 samples y = −1: outside → −1.0; rows 1, 2 sample y = 0, 1 → +1.0;
         // row 3 samples y = 2 → outside.
@@ -315,16 +401,37 @@ mod tests {
     #[test]
     fn degenerate_roi_is_an_error_not_a_panic() {
         let img = gradient(4, 4);
-        let rect = NormRect { xc: 0.5, yc: 0.5, w: 0.0, h: 0.0, r: 0.0 };
+        let rect = NormRect {
+            xc: 0.5,
+            yc: 0.5,
+            w: 0.0,
+            h: 0.0,
+            r: 0.0,
+        };
         let mut out = Vec::new();
-        assert_eq!(crop_to_tensor(&img, Some(&rect), &RAW, &mut out), Err(WarpError::EmptyRoi));
-        let rect = NormRect { xc: f32::NAN, ..rect };
-        assert_eq!(crop_to_tensor(&img, Some(&rect), &RAW, &mut out), Err(WarpError::EmptyRoi));
+        assert_eq!(
+            crop_to_tensor(&img, Some(&rect), &RAW, &mut out),
+            Err(WarpError::EmptyRoi)
+        );
+        let rect = NormRect {
+            xc: f32::NAN,
+            ..rect
+        };
+        assert_eq!(
+            crop_to_tensor(&img, Some(&rect), &RAW, &mut out),
+            Err(WarpError::EmptyRoi)
+        );
     }
 
     #[test]
     fn tensor_point_maps_back_to_image() {
-        let roi = PixelRoi { cx: 50.0, cy: 40.0, w: 20.0, h: 20.0, r: 0.0 };
+        let roi = PixelRoi {
+            cx: 50.0,
+            cy: 40.0,
+            w: 20.0,
+            h: 20.0,
+            r: 0.0,
+        };
         assert_eq!(roi.to_image(1.0, 0.0, 100, 80), [0.6, 0.375]);
     }
 }

@@ -35,7 +35,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -137,7 +140,10 @@ impl RedisServer {
             {
                 panic!("redis-server exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -203,7 +209,8 @@ impl TestServer {
         let thread = std::thread::Builder::new()
             .name(format!("test-server-{}", addr.port()))
             .spawn(move || {
-                actix_web::rt::System::new().block_on(holistream::http::run(listener, config, token))
+                actix_web::rt::System::new()
+                    .block_on(holistream::http::run(listener, config, token))
             })
             .expect("spawning the server thread");
         let mut server = TestServer {
@@ -229,7 +236,10 @@ impl TestServer {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "server not healthy after {START_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "server not healthy after {START_TIMEOUT:?}"
+            );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
     }

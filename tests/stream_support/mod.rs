@@ -20,7 +20,9 @@ use crate::common::{TestServer, WsConn, http_client};
 /// A fixture photo (public domain, `tests/fixtures/`) re-encoded as a
 /// 640x480 JPEG, the size the web demo sends.
 pub fn jpeg_640x480(name: &str) -> Bytes {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let image = image::open(&path)
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
         .to_rgb8();
@@ -111,7 +113,10 @@ pub async fn metrics_text(server: &TestServer) -> String {
 /// 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().expect("metric value"))
         .unwrap_or(0.0)
 }
