@@ -75,6 +75,11 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
             item = conn.next() => {
                 let Some(Ok(awc::ws::Frame::Text(t))) = item else {
                     match item {
+                        // Unanswered pings would get this client closed as not reading.
+                        Some(Ok(awc::ws::Frame::Ping(p))) => {
+                            send(&mut conn, awc::ws::Message::Pong(p)).await;
+                            continue;
+                        }
                         Some(Ok(_)) => continue,
                         other => panic!("connection ended: {other:?}"),
                     }

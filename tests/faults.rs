@@ -1,8 +1,7 @@
 //! Supervision under injected faults, with the real server and models.
 //!
-//! `HOLISTREAM_FAULT_SECS` sets how long the panic test streams (the issue
-//! asks for 30 s; the default here is 10 s to keep CI short, and the property
-//! — every client keeps getting results, nobody hangs — is the same).
+//! `HOLISTREAM_FAULT_SECS` sets how long the panic test streams (default 30 s,
+//! as the issue asks; shorter for a quick local run).
 
 mod common;
 mod stream_support;
@@ -34,7 +33,7 @@ async fn panicking_workers_are_replaced_and_every_client_keeps_streaming() {
     let cookie = login(&server, PASSWORD).await;
     set_faults(&server, &cookie, "panic=0.1").await;
 
-    let secs = env_secs("HOLISTREAM_FAULT_SECS", 10);
+    let secs = env_secs("HOLISTREAM_FAULT_SECS", 30);
     let clients = 8;
     let jpeg = jpeg_640x480("obama.jpg");
     let mut tasks = Vec::new();

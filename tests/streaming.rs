@@ -270,3 +270,57 @@ async fn connect_disconnect_cycles_leak_nothing() {
         "tasks/threads grew from {baseline:?} to {after:?} over {cycles} cycles"
     );
 }
+
+/// A client that keeps sending frames but stops reading answers no pings; it
+/// is closed within its timeout (its session slot freed, counted), so its
+/// unread results cannot pile up, and a client that reads is not affected.
+#[actix_web::test]
+async fn a_client_that_stops_reading_is_closed_and_others_go_on() {
+    let mut c = config();
+    c.session.heartbeat_interval_ms = 200;
+    c.session.client_timeout_ms = 1_500;
+    c.session.default_fps = 20;
+    let server = TestServer::start(c).await;
+    let cookie = login(&server, PASSWORD).await;
+    let jpeg = jpeg_640x480("obama.jpg");
+
+    let mut reader = open_session(&server, &cookie).await;
+    let mut deaf = open_session(&server, &cookie).await;
+    // The deaf client sends at 20 fps and never reads; the reader sends one
+    // frame at a time and reads (answering pings) all along.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seq = 0u32;
+    let mut results = 0;
+    let mut tick = actix_web::rt::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        seq += 1;
+        // The deaf client's sends may fail once the server has closed it.
+        let _ = futures_util::SinkExt::send(&mut deaf, frame(seq, seq as f64, &jpeg)).await;
+        if seq % 10 == 0 {
+            send(&mut reader, frame(seq, seq as f64, &jpeg)).await;
+            loop {
+                let v = next_answer(&mut reader, ANSWER).await;
+                if v["type"] == "result" || v["type"] == "error" {
+                    assert_eq!(v["type"], "result", "{v}");
+                    results += 1;
+                    break;
+                }
+            }
+        }
+        let m = metrics_text(&server).await;
+        if metric(&m, r#"holistream_ws_errors_total{code="not_reading"}"#) >= 1.0 {
+            assert_eq!(metric(&m, "holistream_sessions_active"), 1.0, "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client that does not read was not closed"
+        );
+    }
+    // The reader goes on after the other one is gone.
+    send(&mut reader, frame(seq + 1, 0.0, &jpeg)).await;
+    let v = next_answer(&mut reader, ANSWER).await;
+    assert_eq!(v["type"], "result", "{v}");
+    assert!(results >= 1);
+}

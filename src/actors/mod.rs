@@ -117,7 +117,9 @@ pub struct SessionConfig {
     pub stats_interval_ms: u64,
     /// Interval of server pings.
     pub heartbeat_interval_ms: u64,
-    /// A client silent (no message, no pong) for this long is disconnected.
+    /// A client silent (no message at all) for this long is disconnected, and
+    /// so is one that has not answered a ping for this long (it stopped
+    /// reading: its results would only pile up in the socket).
     pub client_timeout_ms: u64,
     /// Largest WebSocket message accepted; a bigger one closes the
     /// connection with code 1009.

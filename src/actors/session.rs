@@ -249,6 +249,9 @@ pub struct SessionActor {
     stats: SessionStats,
     /// Last time anything (message, ping, pong) came from the client.
     last_seen: Instant,
+    /// Last pong (or the start). A client that sends but never reads answers
+    /// no pings: this is how its unread results are kept from piling up.
+    last_pong: Instant,
     started: Instant,
     last_timestamp_us: i64,
     /// Conditions that end the session with a close frame (server shutdown,
@@ -284,6 +287,7 @@ impl SessionActor {
             tracking: Some(TrackingState::default()),
             stats: SessionStats::default(),
             last_seen: now,
+            last_pong: now,
             started: now,
             last_timestamp_us: -1,
             closers: Vec::new(),
@@ -488,18 +492,37 @@ impl Actor for SessionActor {
             }));
         }
         let timeout = Duration::from_millis(self.cfg.client_timeout_ms);
-        ctx.run_interval(Duration::from_millis(self.cfg.heartbeat_interval_ms), move |act, ctx| {
-            if act.last_seen.elapsed() > timeout {
-                tracing::info!(session = %act.session, "client silent past its timeout; closing");
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Policy,
-                    description: Some("client timeout".into()),
-                }));
-                ctx.stop();
-            } else {
-                ctx.ping(b"");
-            }
-        });
+        ctx.run_interval(
+            Duration::from_millis(self.cfg.heartbeat_interval_ms),
+            move |act, ctx| {
+                // Two ways a client stops being served: it went silent, or it
+                // keeps sending but stopped reading. The second shows only as
+                // missing pongs; without this check its results would queue in
+                // the socket until the write buffer fills and the actor freezes
+                // with its session slot held.
+                let reason = if act.last_seen.elapsed() > timeout {
+                    Some(("client_timeout", "client timeout"))
+                } else if act.last_pong.elapsed() > timeout {
+                    Some(("not_reading", "client not reading (no pong)"))
+                } else {
+                    None
+                };
+                if let Some((label, description)) = reason {
+                    tracing::info!(session = %act.session, reason = label, "closing session");
+                    act.metrics
+                        .ws_errors_total
+                        .with_label_values(&[label])
+                        .inc();
+                    ctx.close(Some(ws::CloseReason {
+                        code: ws::CloseCode::Policy,
+                        description: Some(description.into()),
+                    }));
+                    ctx.stop();
+                } else {
+                    ctx.ping(b"");
+                }
+            },
+        );
         ctx.run_interval(
             Duration::from_millis(self.cfg.stats_interval_ms),
             |act, ctx| {
@@ -564,7 +587,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             ws::Message::Binary(bytes) => self.on_frame(bytes, ctx),
             ws::Message::Text(text) => self.on_control(&text, ctx),
             ws::Message::Ping(payload) => ctx.pong(&payload),
-            ws::Message::Pong(_) => {}
+            ws::Message::Pong(_) => self.last_pong = self.last_seen,
             ws::Message::Close(reason) => {
                 ctx.close(reason);
                 ctx.stop();

@@ -368,10 +368,10 @@ pub async fn ws_connect(
     }
 }
 
-/// The next text message of the connection (skipping pings/pongs), within
-/// `timeout`; `None` when the connection closed.
+/// The next text message of the connection (answering pings, as a browser
+/// does, skipping pongs), within `timeout`; `None` when the connection closed.
 pub async fn next_text(conn: &mut WsConn, timeout: Duration) -> Option<String> {
-    use futures_util::StreamExt;
+    use futures_util::{SinkExt, StreamExt};
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -382,6 +382,9 @@ pub async fn next_text(conn: &mut WsConn, timeout: Duration) -> Option<String> {
             None | Some(Ok(ws::Frame::Close(_))) => return None,
             Some(Ok(ws::Frame::Text(t))) => {
                 return Some(String::from_utf8(t.to_vec()).expect("UTF-8 text frame"));
+            }
+            Some(Ok(ws::Frame::Ping(p))) => {
+                let _ = conn.send(ws::Message::Pong(p)).await;
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("WebSocket protocol error: {e}"),
