@@ -130,6 +130,7 @@ fn job(seq: u32, jpeg: &Bytes) -> FrameJob {
         mode: Mode::Static,
         timestamp_us: 0,
         tracking: TrackingState::default(),
+        starved: Duration::ZERO,
     }
 }
 

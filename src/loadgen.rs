@@ -110,8 +110,13 @@ pub struct ServerTimes {
     pub infer_ms: f64,
     pub serialize_ms: f64,
     pub total_ms: f64,
-    /// `total - infer`: what the server adds around the forward passes.
+    /// `queue + decode + serialize`: the server's own work around the
+    /// forward passes.
     pub overhead_ms: f64,
+    /// `total - (queue + decode + infer + serialize)`: time the frame waited
+    /// in its session's slot for the session's previous frame (latest wins),
+    /// plus message passing.
+    pub slot_wait_ms: f64,
 }
 
 /// Drops by reason, summed over clients (server counts).
@@ -163,7 +168,8 @@ impl LoadReport {
              sent {}  results {}  skipped (outstanding) {}\n\
              result fps per client: mean {:.1} [{}]\n\
              end-to-end latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}\n\
-             server ms per frame: queue {:.1}  decode {:.1}  infer {:.1}  serialize {:.2}  total {:.1}  (overhead {:.1})\n\
+             server ms per frame: queue {:.1}  decode {:.1}  infer {:.1}  serialize {:.2}  total {:.1}\n\
+             server overhead (queue+decode+serialize) {:.1} ms vs infer {:.1} ms; waiting in the session slot {:.1} ms\n\
              drops: stale {}  fps {}  overload {}  expired {}\n\
              errors: {}",
             self.clients,
@@ -185,6 +191,8 @@ impl LoadReport {
             self.server_ms.serialize_ms,
             self.server_ms.total_ms,
             self.server_ms.overhead_ms,
+            self.server_ms.infer_ms,
+            self.server_ms.slot_wait_ms,
             self.drops.stale,
             self.drops.fps,
             self.drops.overload,
@@ -290,8 +298,10 @@ fn summarise(args: &LoadgenArgs, frame_bytes: usize, clients: Vec<ClientReport>)
         serialize_ms: mean(|t| t.serialize_ms),
         total_ms: mean(|t| t.total_ms),
         overhead_ms: 0.0,
+        slot_wait_ms: 0.0,
     };
-    server_ms.overhead_ms = server_ms.total_ms - server_ms.infer_ms;
+    server_ms.overhead_ms = server_ms.queue_ms + server_ms.decode_ms + server_ms.serialize_ms;
+    server_ms.slot_wait_ms = server_ms.total_ms - server_ms.overhead_ms - server_ms.infer_ms;
     let mut drops = Drops::default();
     let mut errors = BTreeMap::new();
     for c in &clients {

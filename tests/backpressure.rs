@@ -148,3 +148,75 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
         "{m}"
     );
 }
+
+/// Overload shared fairly: more clients than the pool can serve, each at
+/// 20 fps, with the short default job TTL. The pool goes round the starved
+/// sessions first, so every client keeps getting results (with plain FIFO
+/// and a TTL of one frame interval some clients got none for seconds).
+#[actix_web::test]
+async fn an_overloaded_pool_serves_every_client() {
+    let mut c = test_config(PASSWORD);
+    c.pool.workers = 1;
+    let ttl_ms = c.pool.job_ttl_ms;
+    let server = TestServer::start(c).await;
+    let cookie = login(&server, PASSWORD).await;
+    let jpeg = jpeg_640x480("obama.jpg");
+    let clients = 6;
+    let secs = 8;
+
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let mut conn = open_session(&server, &cookie).await;
+        let jpeg = jpeg.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            use futures_util::StreamExt;
+            let until = Instant::now() + Duration::from_secs(secs);
+            let mut tick = actix_web::rt::time::interval(Duration::from_millis(50));
+            let (mut seq, mut results, mut expired) = (0u32, 0u32, 0u32);
+            while Instant::now() < until {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        seq += 1;
+                        send(&mut conn, frame(seq, 0.0, &jpeg)).await;
+                    }
+                    item = conn.next() => match item {
+                        Some(Ok(awc::ws::Frame::Text(t))) => {
+                            let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
+                            match v["type"].as_str() {
+                                Some("result") => results += 1,
+                                Some("error") if v["code"] == "expired" || v["code"] == "overloaded" => expired += 1,
+                                Some("error") => panic!("client {client}: {v}"),
+                                _ => {}
+                            }
+                        }
+                        Some(Ok(awc::ws::Frame::Ping(p))) => {
+                            send(&mut conn, awc::ws::Message::Pong(p)).await;
+                        }
+                        Some(Ok(_)) => {}
+                        other => panic!("client {client}: connection ended: {other:?}"),
+                    }
+                }
+            }
+            (results, expired)
+        }));
+    }
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.expect("client task"));
+    }
+    let results: Vec<u32> = counts.iter().map(|c| c.0).collect();
+    let total: u32 = results.iter().sum();
+    let dropped: u32 = counts.iter().map(|c| c.1).sum();
+    eprintln!(
+        "{clients} clients, 1 worker, TTL {ttl_ms} ms, {secs} s: results per client {results:?}, {dropped} frames shed"
+    );
+    // The pool really was overloaded (frames were shed), and every client
+    // got a fair share of what it could do: at least a third of the mean.
+    assert!(dropped > 0, "the pool was not overloaded: {counts:?}");
+    let mean = f64::from(total) / f64::from(clients);
+    let min = *results.iter().min().unwrap();
+    assert!(
+        min >= 1 && f64::from(min) >= mean / 3.0,
+        "unfair share: results per client {results:?} (mean {mean:.1})"
+    );
+}

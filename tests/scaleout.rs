@@ -508,6 +508,7 @@ fn frame_job(seq: u32, jpeg: &Bytes) -> FrameJob {
         mode: Mode::Static,
         timestamp_us: 0,
         tracking: TrackingState::default(),
+        starved: Duration::ZERO,
     }
 }
 

@@ -252,6 +252,9 @@ pub struct SessionActor {
     /// Last pong (or the start). A client that sends but never reads answers
     /// no pings: this is how its unread results are kept from piling up.
     last_pong: Instant,
+    /// Last result (or the start): how starved the session is, for the
+    /// pool's priority.
+    last_result: Instant,
     started: Instant,
     last_timestamp_us: i64,
     /// Conditions that end the session with a close frame (server shutdown,
@@ -288,6 +291,7 @@ impl SessionActor {
             stats: SessionStats::default(),
             last_seen: now,
             last_pong: now,
+            last_result: now,
             started: now,
             last_timestamp_us: -1,
             closers: Vec::new(),
@@ -381,6 +385,7 @@ impl SessionActor {
             mode: Mode::Tracking,
             timestamp_us,
             tracking: self.tracking.take().unwrap_or_default(),
+            starved: self.last_result.elapsed(),
         };
         self.in_flight = true;
         let answer = self.pool.submit(job);
@@ -396,6 +401,7 @@ impl SessionActor {
         self.tracking = Some(done.tracking.unwrap_or_default());
         match done.outcome {
             Ok(output) => {
+                self.last_result = Instant::now();
                 self.stats.processed += 1;
                 self.metrics
                     .frames_total
