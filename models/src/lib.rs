@@ -1,8 +1,10 @@
 //! MediaPipe Holistic's nets on burn.
 //!
 //! `build.rs` generates one burn module per ONNX file in this folder (burn-onnx);
-//! this crate wraps them behind [`NetRunner`], the one small interface the
-//! pipeline sees, so faster kernels can replace the generated code later.
+//! [`BurnNets`] wraps them behind [`NetRunner`], the one small interface the
+//! pipeline sees. [`FusedNets`] runs the same ONNX files on our own fused NHWC
+//! CPU kernels (`holistream-kernels`, several times faster than burn's `flex`
+//! on these nets); [`Backend`] picks one.
 //!
 //! Contract of [`NetRunner::run`]: the input is one image in NHWC layout
 //! (`height * width * 3` floats, already normalised as the model expects), the
@@ -67,6 +69,8 @@ pub enum NetError {
     Load { net: Net, message: String },
     #[error("reading {net:?} outputs failed: {message}")]
     Output { net: Net, message: String },
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// Runs the nets. One instance per worker; `run` takes `&self` and is not
@@ -75,7 +79,76 @@ pub trait NetRunner: Send {
     fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError>;
 }
 
+/// Which implementation runs the nets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// [`FusedNets`]: our fused NHWC kernels, CPU, single-threaded.
+    Fused,
+    /// [`BurnNets`]: the burn-onnx generated code on the device the cargo
+    /// features favour (`flex` on the CPU without a GPU feature); the
+    /// reference path.
+    Burn,
+}
+
+impl Backend {
+    /// The environment variable [`Backend::from_env`] reads.
+    pub const ENV: &'static str = "HOLISTREAM_NETS";
+
+    /// The default: the fused kernels on a CPU build; burn when a GPU
+    /// feature (`wgpu`, `cuda`) is enabled, so GPU builds keep their device.
+    pub fn default_for_build() -> Backend {
+        if cfg!(any(feature = "wgpu", feature = "cuda")) {
+            Backend::Burn
+        } else {
+            Backend::Fused
+        }
+    }
+
+    /// `HOLISTREAM_NETS=fused|burn`, else [`Backend::default_for_build`]; an
+    /// unknown value is an error, not a silent fallback.
+    pub fn from_env() -> Result<Backend, NetError> {
+        match std::env::var(Self::ENV) {
+            Ok(v) => v
+                .parse()
+                .map_err(|e| NetError::Backend(format!("{}: {e}", Self::ENV))),
+            Err(_) => Ok(Self::default_for_build()),
+        }
+    }
+
+    /// Loads the nets on this backend.
+    pub fn load(self) -> Result<Box<dyn NetRunner>, NetError> {
+        Ok(match self {
+            Backend::Fused => Box::new(FusedNets::load()?),
+            Backend::Burn => Box::new(BurnNets::load_default_device()?),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fused => "fused",
+            Backend::Burn => "burn",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "fused" => Ok(Backend::Fused),
+            "burn" | "flex" => Ok(Backend::Burn),
+            other => Err(format!(
+                "unknown nets backend {other:?} (expected fused or burn)"
+            )),
+        }
+    }
+}
+
 mod burn_nets;
+mod fused_nets;
 pub mod generated;
 
 pub use burn_nets::{BurnNets, preferred_device};
+pub use fused_nets::FusedNets;
+pub use holistream_kernels::Isa;

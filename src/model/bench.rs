@@ -1,13 +1,18 @@
 //! `holistream bench`: where a frame's time goes, beside MediaPipe's numbers
-//! for this machine.
+//! for this machine, for each nets backend (the generated burn `flex` code
+//! and our fused kernels), measured in the same run.
 //!
 //! Per net: the median forward time. Per frame: the median `process` time in
 //! static mode (detection on every frame) and in tracking mode (each image
 //! replayed as a still video, so the pose ROI is carried over and detection
-//! is skipped after the first frame, as in a live stream).
+//! is skipped after the first frame, as in a live stream). Throughput: frames
+//! per second with one worker (one `Holistic`) per thread, all started
+//! together, for 1 worker and for one per core.
 
-use super::{Holistic, Mode, ModelError, Net, Parts, ProcessOptions, TrackingState};
+use super::{Backend, Holistic, Mode, ModelError, Net, Parts, ProcessOptions, TrackingState};
 use image::RgbImage;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
 
 /// MediaPipe 0.10.14 (XNNPACK, 1 thread) on this machine, ms per frame.
 pub const MEDIAPIPE_STATIC_MS: f64 = 26.0;
@@ -189,8 +194,190 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
+/// Frames per second of `workers` threads, each with its own [`Holistic`] on
+/// `backend`, each processing `frames` frames (cycling through `images`) in
+/// `mode`; timed from a common start once all have loaded their nets.
+pub fn throughput(
+    backend: Backend,
+    images: &[RgbImage],
+    workers: usize,
+    frames: usize,
+    mode: Mode,
+) -> Result<f64, ModelError> {
+    if images.is_empty() || workers == 0 || frames == 0 {
+        return Ok(f64::NAN);
+    }
+    let images = Arc::new(images.to_vec());
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (images, barrier) = (images.clone(), barrier.clone());
+            std::thread::spawn(move || -> Result<(), ModelError> {
+                let loaded = Holistic::load(backend);
+                // Wait even when loading failed, so the others are not stuck.
+                barrier.wait();
+                let holistic = loaded?;
+                let mut state = TrackingState::default();
+                for i in 0..frames {
+                    let opts = ProcessOptions {
+                        mode,
+                        parts: Parts::default(),
+                        timestamp_us: i as i64 * super::parity::FRAME_STEP_US,
+                    };
+                    holistic.process(&images[i % images.len()], &opts, &mut state)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        match h.join() {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    Ok((workers * frames) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One throughput measurement.
+#[derive(Debug, Clone)]
+pub struct ThroughputRow {
+    pub backend: Backend,
+    pub workers: usize,
+    pub mode: Mode,
+    pub fps: f64,
+}
+
+/// Everything `holistream bench` prints: one [`BenchReport`] per backend and
+/// the throughput rows, all from the same run.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub reports: Vec<(Backend, BenchReport)>,
+    pub throughput: Vec<ThroughputRow>,
+    /// Threads the throughput rows could use (`available_parallelism`).
+    pub cores: usize,
+}
+
+impl Comparison {
+    fn report(&self, backend: Backend) -> Option<&BenchReport> {
+        self.reports
+            .iter()
+            .find(|(b, _)| *b == backend)
+            .map(|(_, r)| r)
+    }
+}
+
+/// `a / b` as `N.NNx`, or `-` when either is missing.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (backend, report) in &self.reports {
+            writeln!(f, "== nets: {}", backend.name())?;
+            writeln!(f, "{report}")?;
+        }
+        let burn = self.report(Backend::Burn);
+        let fused = self.report(Backend::Fused);
+        writeln!(
+            f,
+            "== side by side (ms, medians; ratios: fused / burn flex, fused / MediaPipe)"
+        )?;
+        writeln!(
+            f,
+            "{:<28} {:>9} {:>9} {:>10} {:>10} {:>9}",
+            "", "burn", "fused", "fused/burn", "mediapipe", "fused/mp"
+        )?;
+        let net_ms = |r: Option<&BenchReport>, net: Net| {
+            r.and_then(|r| r.nets.iter().find(|(n, _)| *n == net).map(|(_, ms)| *ms))
+        };
+        let mut rows: Vec<(String, Option<f64>, Option<f64>, Option<f64>)> = Net::ALL
+            .iter()
+            .map(|&net| {
+                (
+                    net.name().to_string(),
+                    net_ms(burn, net),
+                    net_ms(fused, net),
+                    mediapipe_net_ms(net),
+                )
+            })
+            .collect();
+        rows.push((
+            "frame static".into(),
+            burn.map(|r| r.static_frame),
+            fused.map(|r| r.static_frame),
+            Some(MEDIAPIPE_STATIC_MS),
+        ));
+        rows.push((
+            "frame tracking".into(),
+            burn.map(|r| r.tracking_frame),
+            fused.map(|r| r.tracking_frame),
+            Some(MEDIAPIPE_TRACKING_MS),
+        ));
+        for (name, b, u, mp) in rows {
+            writeln!(
+                f,
+                "{:<28} {:>9} {:>9} {:>10} {:>10} {:>9}",
+                name,
+                ms(b),
+                ms(u),
+                ratio(u, b),
+                ms(mp),
+                ratio(u, mp)
+            )?;
+        }
+        if !self.throughput.is_empty() {
+            writeln!(
+                f,
+                "== throughput ({} cores; one Holistic per worker thread; burn flex also uses its own intra-op threads)",
+                self.cores
+            )?;
+            writeln!(
+                f,
+                "{:<8} {:>8} {:>9} {:>8}",
+                "nets", "workers", "mode", "fps"
+            )?;
+            for row in &self.throughput {
+                writeln!(
+                    f,
+                    "{:<8} {:>8} {:>9} {:>8.1}",
+                    row.backend.name(),
+                    row.workers,
+                    format!("{:?}", row.mode).to_lowercase(),
+                    row.fps
+                )?;
+            }
+            write!(
+                f,
+                "MediaPipe, one process per core, from its single-thread frame times: {:.1} fps static, {:.1} fps tracking",
+                self.cores as f64 * 1000.0 / MEDIAPIPE_STATIC_MS,
+                self.cores as f64 * 1000.0 / MEDIAPIPE_TRACKING_MS
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ratios_and_missing_values() {
+        assert_eq!(super::ratio(Some(3.0), Some(2.0)), "1.50x");
+        assert_eq!(super::ratio(None, Some(2.0)), "-");
+        assert_eq!(super::ratio(Some(1.0), Some(0.0)), "-");
+        assert_eq!(super::ms(None), "-");
+    }
+
     #[test]
     fn median_of_odd_and_even() {
         assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);

@@ -2,7 +2,8 @@
 //! `main.rs` only parses arguments and calls these.
 
 use super::{
-    Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, decode_image, draw, parity,
+    Backend, Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, decode_image, draw,
+    parity,
 };
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -75,12 +76,24 @@ pub struct BenchArgs {
     /// Iterations per net and per image and mode.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    /// Nets backends to measure, comma separated (`burn` is the generated
+    /// `flex` code, `fused` our kernels).
+    #[arg(long, value_delimiter = ',', default_value = "burn,fused")]
+    pub nets: Vec<Backend>,
+    /// Frames per worker for the throughput rows; 0 skips them.
+    #[arg(long, default_value_t = 20)]
+    pub throughput_frames: usize,
+    /// Print where the fused kernels' time goes, per net and layer kind.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn load_image(path: &Path) -> anyhow::Result<image::RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     decode_image(&bytes).with_context(|| format!("decoding {}", path.display()))
 }
+
+use super::Net;
 
 fn load_holistic() -> anyhow::Result<Holistic> {
     Holistic::load_default().context("loading the nets")
@@ -167,7 +180,89 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| load_image(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let holistic = load_holistic()?;
-    println!("{}", bench::run(&holistic, &images, args.iters)?);
+    let mut comparison = bench::Comparison {
+        reports: Vec::new(),
+        throughput: Vec::new(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    for &backend in &args.nets {
+        let holistic = Holistic::load(backend)
+            .with_context(|| format!("loading the nets on {}", backend.name()))?;
+        let report = bench::run(&holistic, &images, args.iters)?;
+        eprintln!(
+            "{}: static frame {:.2} ms",
+            backend.name(),
+            report.static_frame
+        );
+        comparison.reports.push((backend, report));
+    }
+    if args.throughput_frames > 0 {
+        let mut workers = vec![1, comparison.cores];
+        workers.dedup();
+        for &backend in &args.nets {
+            for &n in &workers {
+                for mode in [Mode::Static, Mode::Tracking] {
+                    let fps = bench::throughput(backend, &images, n, args.throughput_frames, mode)?;
+                    comparison.throughput.push(bench::ThroughputRow {
+                        backend,
+                        workers: n,
+                        mode,
+                        fps,
+                    });
+                }
+            }
+        }
+    }
+    println!("{comparison}");
+    if args.profile {
+        print_profile()?;
+    }
+    Ok(())
+}
+
+/// Per net: the fused kernels' time by layer kind (sum of per-layer minima
+/// over a few runs, so scheduling noise does not pile up).
+fn print_profile() -> anyhow::Result<()> {
+    let nets = holistream_nets::FusedNets::load()?;
+    println!(
+        "== fused kernels, where the time goes ({})",
+        nets.isa().name()
+    );
+    for net in Net::ALL {
+        let (h, w) = net.input_size();
+        let input = vec![0.5f32; h * w * 3];
+        let runs = (0..10)
+            .map(|_| nets.profile(net, &input))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_kind: Vec<(String, f64)> = Vec::new();
+        let mut total = 0.0;
+        for (i, (name, _)) in runs[0].iter().enumerate() {
+            let best = runs
+                .iter()
+                .map(|r| r[i].1.as_secs_f64() * 1e3)
+                .fold(f64::INFINITY, f64::min);
+            total += best;
+            // "pointwise k=24 64x64x144" -> "pointwise"; "depthwise 3x3/1 ..." -> "depthwise 3x3/1".
+            let kind = name.rsplit_once(' ').map_or(name.as_str(), |(k, _)| k);
+            let kind = kind.split(" k=").next().unwrap_or(kind).to_string();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, t)) => *t += best,
+                None => by_kind.push((kind, best)),
+            }
+        }
+        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let parts: Vec<String> = by_kind
+            .iter()
+            .take(6)
+            .map(|(k, t)| format!("{k} {:.0}%", 100.0 * t / total))
+            .collect();
+        println!(
+            "{:<28} {:6.2} ms ({} layers): {}",
+            net.name(),
+            total,
+            runs[0].len(),
+            parts.join(", ")
+        );
+    }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub mod result;
 pub mod tracking;
 pub mod warp;
 
-pub use holistream_nets::{Net, NetError, NetRunner};
+pub use holistream_nets::{Backend, Net, NetError, NetRunner};
 pub use image_input::{ImageInputError, decode_image};
 pub use pipeline::Holistic;
 pub use result::{HolisticResult, Landmark, PoseLandmark, StageTimings};

@@ -8,7 +8,7 @@ use super::result::{HolisticResult, PoseLandmark, StageTimings, landmarks};
 use super::tracking::{TrackingState, choose_roi};
 use super::warp::{CropTransform, TensorSpec, WarpError, crop_to_tensor};
 use super::{Mode, ModelError, ProcessOptions, face, hands, pose};
-use holistream_nets::{Net, NetRunner};
+use holistream_nets::{Backend, Net, NetRunner};
 use image::RgbImage;
 use std::cell::RefCell;
 use std::time::Instant;
@@ -25,12 +25,17 @@ pub struct Holistic {
 }
 
 impl Holistic {
-    /// The shipped nets (weights embedded in the binary) on the default
-    /// backend: burn's CPU `flex`, or the GPU backend a cargo feature selects.
+    /// The shipped nets (weights embedded in the binary) on the backend
+    /// `HOLISTREAM_NETS` names (`fused` or `burn`); by default our fused CPU
+    /// kernels, or burn on the GPU a cargo feature selects
+    /// ([`Backend::default_for_build`]).
     pub fn load_default() -> Result<Holistic, ModelError> {
-        Ok(Holistic::new(Box::new(
-            holistream_nets::BurnNets::load_default_device()?,
-        )))
+        Self::load(Backend::from_env()?)
+    }
+
+    /// The shipped nets on `backend`.
+    pub fn load(backend: Backend) -> Result<Holistic, ModelError> {
+        Ok(Holistic::new(backend.load()?))
     }
 
     /// Wraps a set of nets.
