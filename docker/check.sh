@@ -6,8 +6,8 @@
 #   2. docker/nginx.conf passes `nginx -t` (the upstream host names are
 #      pointed at loopback in a scratch copy, since only compose's network
 #      resolves them);
-#   3. docker/Dockerfile: every COPY source exists, the stages and the
-#      build command are the ones CI builds;
+#   3. docker/Dockerfile: every COPY source exists, the stages, the build
+#      command (tests/deploy_files.rs checks it against CI's build);
 #   4. with --build: builds the exact binary the Dockerfile builds, the same
 #      way (`cargo build --release --locked --bin holistream`), and runs it.
 # Needs: docker-compose (Debian package) and nginx (nginx-light); installs them

@@ -12,9 +12,19 @@
 //! 3. otherwise decode, pipeline, serialise (the same steps as the in-process
 //!    pool), then `XADD` the result to the gateway's result stream, `EXPIRE`
 //!    it and `XACK` the job, in one `MULTI`;
-//! 4. every second, `XAUTOCLAIM` takes jobs left pending by consumers idle
-//!    longer than `--claim-idle-ms` (a worker that died holding them): still
-//!    within their deadline they are run, otherwise answered `lost`.
+//! 4. every second, `XGROUP CREATECONSUMER` keeps the thread listed in the
+//!    group even while no job comes (Redis adds a consumer only when a read
+//!    returns entries), and `XAUTOCLAIM` takes jobs left pending longer than
+//!    `--claim-idle-ms` (a worker that died holding them): still within their
+//!    deadline they are run, otherwise answered `lost`.
+//!
+//! A job's idle time in the group counts from its delivery, so a forward
+//! pass slower than `--claim-idle-ms` would look like a dead worker's job
+//! and be taken over (and answered `lost`) while its worker is still on it.
+//! A lease thread per process therefore renews the jobs its threads hold
+//! (`XCLAIM <own consumer> 0 <id> JUSTID`, every quarter of
+//! `--claim-idle-ms`), so only the jobs of a process that stopped renewing
+//! (killed, frozen, cut off from Redis) are ever taken over.
 //!
 //! The wire format is documented in [`crate::actors::remote`].
 //!
@@ -24,11 +34,13 @@
 //! ctrl-c or SIGTERM cancels a `CancellationToken`; each thread finishes the
 //! job it holds, sees the token within `--block-ms`, and leaves the group.
 
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +105,9 @@ struct WorkerContext {
     block: Duration,
     shutdown: CancellationToken,
     counters: WorkerCounters,
+    /// `(consumer, entry id)` of every job a thread of this process holds;
+    /// renewed by [`lease_thread`].
+    held: Mutex<BTreeSet<(String, String)>>,
 }
 
 /// Runs the worker process until ctrl-c or SIGTERM.
@@ -145,6 +160,7 @@ pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), W
         block: Duration::from_millis(args.block_ms),
         shutdown,
         counters: WorkerCounters::default(),
+        held: Mutex::new(BTreeSet::new()),
     });
 
     // Load every model before taking the first job, so a broken build fails
@@ -161,6 +177,13 @@ pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), W
         handles.push(handle);
     }
     drop(ready_tx);
+    let lease = {
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("remote-worker-lease".into())
+            .spawn(move || lease_thread(&ctx))
+            .map_err(|e| WorkerError::Config(format!("cannot spawn thread: {e}")))?
+    };
     let mut first_error = None;
     for _ in 0..threads {
         match ready_rx.recv() {
@@ -181,6 +204,11 @@ pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), W
         if h.join().is_err() {
             tracing::error!("a worker thread panicked outside a job");
         }
+    }
+    // The threads hold no job any more; the lease thread sees the token.
+    ctx.shutdown.cancel();
+    if lease.join().is_err() {
+        tracing::error!("the lease thread panicked");
     }
     let c = &ctx.counters;
     tracing::info!(
@@ -236,6 +264,73 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A consumer without pending jobs that has not read for this long is
 /// removed from the group (a worker that died between jobs).
 const FORGET_IDLE_CONSUMER: Duration = Duration::from_secs(60);
+
+/// Renews the jobs the threads of this process hold, so that the other
+/// workers' `XAUTOCLAIM` never takes a job from a live worker whose forward
+/// pass is slow. Runs until the token is cancelled.
+fn lease_thread(ctx: &WorkerContext) {
+    let every = (ctx.claim_idle / 4).max(Duration::from_millis(10));
+    let mut con: Option<redis::Connection> = None;
+    while !ctx.shutdown.is_cancelled() {
+        wait_or_stop(&ctx.shutdown, every);
+        let held: Vec<(String, String)> = ctx.held.lock().iter().cloned().collect();
+        if held.is_empty() {
+            continue;
+        }
+        if con.is_none() {
+            match connect(ctx) {
+                Ok(c) => con = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease thread cannot reach Redis; retrying");
+                    continue;
+                }
+            }
+        }
+        // unwrap: set just above.
+        let c = con.as_mut().unwrap();
+        let mut pipe = redis::pipe();
+        for (consumer, id) in &held {
+            // Min idle 0 and the same consumer: resets the job's idle time.
+            // An id acknowledged in the meantime is no longer pending and is
+            // left alone (no FORCE).
+            pipe.cmd("XCLAIM")
+                .arg(JOBS_STREAM)
+                .arg(WORKERS_GROUP)
+                .arg(consumer)
+                .arg(0)
+                .arg(id)
+                .arg("JUSTID")
+                .ignore();
+        }
+        if let Err(e) = pipe.query::<()>(c) {
+            tracing::warn!(error = %e, "renewing held jobs failed; reconnecting");
+            con = None;
+        }
+    }
+}
+
+/// Marks a job as held by a thread of this process until dropped.
+struct Holding<'a> {
+    held: &'a Mutex<BTreeSet<(String, String)>>,
+    key: (String, String),
+}
+
+impl<'a> Holding<'a> {
+    fn new(ctx: &'a WorkerContext, consumer: &str, id: &str) -> Holding<'a> {
+        let key = (consumer.to_string(), id.to_string());
+        ctx.held.lock().insert(key.clone());
+        Holding {
+            held: &ctx.held,
+            key,
+        }
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.held.lock().remove(&self.key);
+    }
+}
 
 fn worker_thread(
     ctx: Arc<WorkerContext>,
@@ -361,6 +456,17 @@ impl ThreadState<'_> {
     /// consumers long gone.
     fn sweep(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
         self.clock = RedisClock::sync(con)?;
+        // Redis (7.0) creates a consumer only when a read returns entries: an
+        // idle worker blocked on an empty stream would not be listed. Created
+        // here, every thread is in `XINFO CONSUMERS` from its first second
+        // (how operators and the tests see that a worker is up), and again
+        // after another worker forgot it as idle (0: it exists).
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(JOBS_STREAM)
+            .arg(WORKERS_GROUP)
+            .arg(self.consumer)
+            .query(con)?;
         self.sweeps += 1;
         let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(JOBS_STREAM)
@@ -371,6 +477,12 @@ impl ThreadState<'_> {
             .arg("COUNT")
             .arg(4)
             .query(con)?;
+        // Held from now on: the claimed jobs wait their turn on this thread.
+        let _holding: Vec<Holding<'_>> = claimed
+            .claimed
+            .iter()
+            .map(|e| Holding::new(self.ctx, self.consumer, &e.id))
+            .collect();
         for entry in &claimed.claimed {
             self.ctx.counters.claimed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(consumer = self.consumer, entry = %entry.id, "took over a job of a dead worker");
@@ -411,6 +523,7 @@ impl ThreadState<'_> {
         // A copy of the `&'a` context, so counting does not borrow `self`.
         let ctx = self.ctx;
         let counters = &ctx.counters;
+        let _holding = Holding::new(ctx, self.consumer, &entry.id);
         let (job, outcome) = match (entry.id.parse::<EntryId>(), WireJob::from_entry(entry)) {
             (Ok(id), Ok(job)) => {
                 let now = self.clock.now_ms();

@@ -22,14 +22,16 @@
 //! - **result**: a worker ran it and the gateway read the answer;
 //! - **overloaded**: the jobs stream held `max_backlog` jobs and trimmed this
 //!   one (the oldest) before any worker took it (counted as
-//!   `drops_total{reason="trimmed"}`), or this gateway already had
+//!   `remote_jobs_total{outcome="trimmed"}`; the session counts it in
+//!   `drops_total{reason="overload"}`), or this gateway already had
 //!   `max_in_flight` jobs waiting;
 //! - **expired**: no worker took it within `job_ttl_ms` (all busy, or none
 //!   running), or a worker took it too late and skipped it;
 //! - **lost**: a worker took it and then nothing came back within
 //!   `reply_timeout_ms` past its deadline (the worker was killed), or a
-//!   surviving worker found it pending on a dead consumer (`XAUTOCLAIM`) and
-//!   answered it `lost`;
+//!   surviving worker found it pending on a dead consumer (`XAUTOCLAIM`,
+//!   once the dead process stopped renewing its lease, see
+//!   [`crate::worker`]) and answered it `lost`;
 //! - **unavailable**: Redis could not be reached, or the pool is shutting down.
 //!
 //! Deadlines are on Redis's clock: a job's deadline is the millisecond part

@@ -1,0 +1,314 @@
+//! The deploy files (`docker/Dockerfile`, `docker/compose.yaml`,
+//! `docker/nginx.conf`, `docs/deploy.md`) checked against the binary under
+//! test, as far as a machine without a Docker engine allows. Cheap: no model
+//! is loaded, the binary only prints its `--help`.
+//!
+//! What this cannot check: that the image builds and runs (no engine), and
+//! the release profile itself (CI builds the dev profile only; the Dockerfile's
+//! command, lockfile, features and toolchain are checked to be CI's).
+//! `docker/check.sh` (run by `.ci/run`) adds `docker-compose config` and
+//! `nginx -t`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo_file(path: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// `holistream <sub> --help`, which must succeed (the subcommand exists).
+fn help(sub: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_holistream"))
+        .args([sub, "--help"])
+        .env_clear()
+        .output()
+        .expect("running the binary");
+    assert!(
+        out.status.success(),
+        "`holistream {sub} --help` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 help")
+}
+
+/// The words made of `[A-Z0-9_]` that start with `prefix` in `text`.
+fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(prefix) {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.insert(tail[..len].trim_end_matches('_').to_string());
+        }
+        rest = &tail[len.max(1)..];
+    }
+    names
+}
+
+/// Every environment variable the binary reads: the `env` of each flag (from
+/// `--help`), the secrets read by `Config::apply_env`, the log filter and
+/// rayon's thread count (the nets' CPU backend).
+fn variables_read() -> BTreeSet<String> {
+    let mut read = BTreeSet::new();
+    for sub in ["serve", "worker", "healthcheck", "loadgen"] {
+        let text = help(sub);
+        for part in text.split("[env: ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            read.insert(name);
+        }
+    }
+    read.insert(holistream::config::PASSWORD_ENV.to_string());
+    read.insert(holistream::config::REDIS_URL_ENV.to_string());
+    read.insert("RUST_LOG".into());
+    read.insert("RAYON_NUM_THREADS".into());
+    read
+}
+
+#[test]
+fn every_variable_the_deploy_files_set_is_read_and_documented() {
+    let read = variables_read();
+    for expected in [
+        "HOLISTREAM_POOL",
+        "HOLISTREAM_GATEWAY_ID",
+        "HOLISTREAM_WORKERS",
+        "REDIS_URL",
+    ] {
+        assert!(read.contains(expected), "{expected} not read: {read:?}");
+    }
+    let compose = repo_file("docker/compose.yaml");
+    let dockerfile = repo_file("docker/Dockerfile");
+    let docs = repo_file("docs/deploy.md");
+    let readme = repo_file("README.md");
+
+    // Set in a container: `NAME: value` under `environment:` in compose, or
+    // `ENV NAME=value` (and continuation lines) in the Dockerfile.
+    let mut set = BTreeSet::new();
+    for line in compose.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let t = line.trim_start();
+        if let Some((key, _)) = t.split_once(':')
+            && !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            set.insert(key.to_string());
+        }
+    }
+    let mut in_env = false;
+    for line in dockerfile.lines() {
+        let t = line.trim();
+        if t.starts_with("ENV ") {
+            in_env = true;
+        }
+        if in_env {
+            for word in t.trim_start_matches("ENV ").split_whitespace() {
+                if let Some((k, _)) = word.split_once('=') {
+                    set.insert(k.to_string());
+                }
+            }
+            in_env = t.ends_with('\\');
+        }
+    }
+    assert!(set.contains("HOLISTREAM_POOL"), "parsed nothing? {set:?}");
+    let unread: Vec<&String> = set.difference(&read).collect();
+    assert!(
+        unread.is_empty(),
+        "the deploy files set variables the binary never reads: {unread:?}"
+    );
+
+    // Every variable the binary reads is in the docs' table, and every
+    // HOLISTREAM_* variable the docs or README name is one it reads, or one of
+    // compose's own (interpolated into compose.yaml, `${NAME...}`).
+    let interpolated: BTreeSet<String> = compose
+        .match_indices("${")
+        .map(|(i, _)| {
+            compose[i + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect();
+    for name in &read {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "docs/deploy.md does not document {name}"
+        );
+    }
+    for name in &interpolated {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "docs/deploy.md does not document compose's {name}"
+        );
+    }
+    for text in [&docs, &readme, &compose] {
+        for name in names_with_prefix(text, "HOLISTREAM_") {
+            assert!(
+                read.contains(&name) || interpolated.contains(&name),
+                "{name} is named in the deploy docs but read by nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_what_ci_builds_and_runs_real_subcommands() {
+    let dockerfile = repo_file("docker/Dockerfile");
+    let ci = repo_file(".ci/run");
+
+    // The build: one cargo command, with CI's lockfile and features.
+    let build: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.contains("cargo build"))
+        .collect();
+    assert_eq!(
+        build.len(),
+        1,
+        "one cargo build in the Dockerfile: {build:?}"
+    );
+    let build = build[0].trim();
+    assert!(
+        build.starts_with("cargo build --release --locked --bin holistream"),
+        "the image's build command changed: {build}"
+    );
+    let test = ci
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo test"))
+        .expect(".ci/run runs cargo test");
+    assert!(test.contains("--locked"), "CI builds from the lockfile");
+    for flag in [
+        "--features",
+        "--all-features",
+        "--no-default-features",
+        "-F ",
+    ] {
+        assert!(
+            !build.contains(flag) && !test.contains(flag),
+            "{flag}: the image and CI must build the same features"
+        );
+    }
+    assert!(
+        dockerfile.contains("install -D -m 0755 target/release/holistream /out/holistream")
+            && dockerfile.contains("COPY --from=build /out/holistream /usr/local/bin/holistream"),
+        "the runtime stage must get the binary the build stage built"
+    );
+
+    // The image's Rust is the toolchain CI builds with (same major.minor).
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_IMAGE=rust:"))
+        .expect("ARG RUST_IMAGE=rust:<version>-…");
+    let image_version = image.split('-').next().unwrap();
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("--version")
+        .output()
+        .expect("rustc --version");
+    let rustc = String::from_utf8_lossy(&rustc.stdout).to_string();
+    let local: Vec<&str> = rustc
+        .split_whitespace()
+        .nth(1)
+        .expect("rustc <version>")
+        .split('.')
+        .collect();
+    assert_eq!(
+        image_version,
+        format!("{}.{}", local[0], local[1]),
+        "docker/Dockerfile builds with Rust {image_version}, CI with {rustc}"
+    );
+
+    // Every COPY from the context names a path that exists and that
+    // .dockerignore does not drop; the nets' ONNX files and the web demo are
+    // in the context (the build script and the runtime stage need them).
+    let ignore = repo_file(".dockerignore");
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in ["models/", "web/", "src/", "Cargo.lock"] {
+        assert!(
+            !ignored
+                .iter()
+                .any(|i| needed.starts_with(i.trim_start_matches('/'))),
+            ".dockerignore drops {needed}"
+        );
+    }
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words[1].starts_with("--from") {
+            continue;
+        }
+        for src in &words[1..words.len() - 1] {
+            let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(src);
+            assert!(p.exists(), "the Dockerfile copies {src}, which is missing");
+        }
+    }
+
+    // Non-root, a health check, and every command the image or compose runs
+    // is a subcommand of this binary.
+    assert!(dockerfile.lines().any(|l| l.starts_with("USER holistream")));
+    let healthcheck = dockerfile
+        .lines()
+        .find(|l| l.trim_start().starts_with("CMD [\"holistream\""))
+        .expect("HEALTHCHECK CMD [\"holistream\", …]");
+    assert!(healthcheck.contains("\"healthcheck\""), "{healthcheck}");
+    help("healthcheck");
+    let compose = repo_file("docker/compose.yaml");
+    let mut commands = BTreeSet::new();
+    for line in dockerfile.lines().chain(compose.lines()) {
+        let t = line.trim();
+        for prefix in ["CMD [\"", "command: [\""] {
+            if let Some(rest) = t.strip_prefix(prefix) {
+                commands.insert(rest.split('"').next().unwrap().to_string());
+            }
+        }
+    }
+    commands.remove("holistream");
+    commands.remove("redis-server");
+    assert_eq!(
+        commands,
+        BTreeSet::from(["serve".to_string(), "worker".to_string()]),
+        "the roles the image runs"
+    );
+    for sub in &commands {
+        help(sub);
+    }
+}
+
+#[test]
+fn nginx_balances_over_the_gateways_compose_starts() {
+    let nginx = repo_file("docker/nginx.conf");
+    let compose = repo_file("docker/compose.yaml");
+    let upstreams: BTreeSet<String> = nginx
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|a| a.contains(':'))
+        .map(str::to_string)
+        .collect();
+    assert!(upstreams.len() >= 2, "two or more gateways: {upstreams:?}");
+    for addr in &upstreams {
+        let (host, port) = addr.split_once(':').unwrap();
+        assert!(
+            compose.contains(&format!("\n  {host}:\n")),
+            "nginx sends to {host}, which compose does not start"
+        );
+        assert_eq!(port, "8080", "gateways listen on HOLISTREAM_PORT 8080");
+    }
+    // WebSocket upgrade and a streaming-length read timeout.
+    assert!(nginx.contains("proxy_set_header Upgrade $http_upgrade;"));
+    assert!(nginx.contains("proxy_set_header Connection $connection_upgrade;"));
+    assert!(nginx.contains("proxy_read_timeout 3600s;"));
+    assert!(
+        nginx.matches('{').count() == nginx.matches('}').count(),
+        "unbalanced braces in nginx.conf"
+    );
+}
