@@ -82,8 +82,14 @@ pub trait NetRunner: Send {
 /// Which implementation runs the nets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// [`FusedNets`]: our fused NHWC kernels, CPU, single-threaded.
+    /// [`FusedNets`]: our fused NHWC kernels, CPU, single-threaded, on the
+    /// fastest instruction set this CPU has.
     Fused,
+    /// The same kernels compiled for the baseline target only
+    /// ([`Isa::PORTABLE`]): to measure what SIMD dispatch buys, and as a
+    /// second rounding of the same arithmetic (how sensitive the pipeline is
+    /// to float noise).
+    FusedPortable,
     /// [`BurnNets`]: the burn-onnx generated code on the device the cargo
     /// features favour (`flex` on the CPU without a GPU feature); the
     /// reference path.
@@ -104,7 +110,8 @@ impl Backend {
         }
     }
 
-    /// `HOLISTREAM_NETS=fused|burn`, else [`Backend::default_for_build`]; an
+    /// `HOLISTREAM_NETS=fused|fused-portable|burn`, else
+    /// [`Backend::default_for_build`]; an
     /// unknown value is an error, not a silent fallback.
     pub fn from_env() -> Result<Backend, NetError> {
         match std::env::var(Self::ENV) {
@@ -119,6 +126,7 @@ impl Backend {
     pub fn load(self) -> Result<Box<dyn NetRunner>, NetError> {
         Ok(match self {
             Backend::Fused => Box::new(FusedNets::load()?),
+            Backend::FusedPortable => Box::new(FusedNets::load()?.with_isa(Isa::PORTABLE)),
             Backend::Burn => Box::new(BurnNets::load_default_device()?),
         })
     }
@@ -126,6 +134,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Fused => "fused",
+            Backend::FusedPortable => "fused-portable",
             Backend::Burn => "burn",
         }
     }
@@ -137,9 +146,10 @@ impl std::str::FromStr for Backend {
     fn from_str(s: &str) -> Result<Backend, String> {
         match s {
             "fused" => Ok(Backend::Fused),
+            "fused-portable" => Ok(Backend::FusedPortable),
             "burn" | "flex" => Ok(Backend::Burn),
             other => Err(format!(
-                "unknown nets backend {other:?} (expected fused or burn)"
+                "unknown nets backend {other:?} (expected fused, fused-portable or burn)"
             )),
         }
     }

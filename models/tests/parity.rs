@@ -162,6 +162,10 @@ fn fused_kernels_match_the_generated_burn_code() {
 fn backend_names_parse_and_unknown_ones_are_errors() {
     assert_eq!("fused".parse::<Backend>(), Ok(Backend::Fused));
     assert_eq!("burn".parse::<Backend>(), Ok(Backend::Burn));
+    assert_eq!(
+        "fused-portable".parse::<Backend>(),
+        Ok(Backend::FusedPortable)
+    );
     assert_eq!("flex".parse::<Backend>(), Ok(Backend::Burn));
     assert!("tflite".parse::<Backend>().is_err());
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
