@@ -23,46 +23,13 @@ fn still_images_match_mediapipe() {
         10,
         "expected the ten photos of the testdata"
     );
-    // Known gaps are held to their own looser bound, so they cannot regress
-    // while they are open; every other part is held to the issue's 2%.
-    let mut failures: Vec<String> = report
-        .failures()
-        .into_iter()
-        .filter(|f| {
-            !KNOWN_GAPS
-                .iter()
-                .any(|(img, part, _)| f.starts_with(&format!("{img} {part}: mean error")))
-        })
-        .collect();
-    for (img, part, bound) in KNOWN_GAPS {
-        let row = report
-            .images
-            .iter()
-            .find(|i| i.name == img)
-            .expect("known-gap image present");
-        let cmp = row
-            .parts
-            .iter()
-            .find(|p| p.part == part)
-            .expect("known-gap part present");
-        match cmp.errors {
-            Some((mean, _)) if mean <= bound => {}
-            other => failures.push(format!(
-                "{img} {part}: known gap beyond its {bound} bound: {other:?}"
-            )),
-        }
-    }
+    let failures = report.failures();
     assert!(
         failures.is_empty(),
         "parity failures:\n{}",
         failures.join("\n")
     );
 }
-
-/// Parts that miss the 2% goal today (open in issue 2), with the bound that
-/// holds them: faceapi4's left hand is a small hand at the edge of a 1920 px
-/// group photo and is 2.2% of its diagonal off MediaPipe on average.
-const KNOWN_GAPS: [(&str, &str, f64); 1] = [("faceapi4", "left_hand", 0.03)];
 
 /// Tracking mode (ROI carried over, detection skipped, pose smoothing, face
 /// and hand ROI tracking) over the clip's first scene, frames 0–49, before its

@@ -2,15 +2,16 @@
 //! HOLISTIC_SPEC.md §1.
 //!
 //! A rotated rect of the image is warped onto a T×T tensor. We reproduce
-//! OpenCV's 8-bit `warpPerspective` with `INTER_LINEAR` exactly: source
-//! coordinates are rounded to 1/32 px, the four bilinear weights are integers
-//! summing to 2^15, the result is rounded to u8 *before* the value range is
-//! applied. Doing it the same way keeps our crops within rounding of
-//! MediaPipe's, which matters because the nets amplify one-level differences
-//! at ROI borders.
+//! OpenCV's 8-bit `warpPerspective` with `INTER_LINEAR` bit for bit: the
+//! source-from-tensor matrix is built by the same f32/f64 chain
+//! (`boxPoints` → `getPerspectiveTransform` → `invert`), source coordinates
+//! are computed per 64-column block and rounded to 1/32 px as OpenCV does,
+//! the four bilinear weights are integers summing to 2^15, and the result is
+//! rounded to u8 *before* the value range is applied. Doing it the same way
+//! makes our crops identical to MediaPipe's, which matters because the nets
+//! amplify one-level differences (see [`opencv_source_matrix`]).
 //!
-//! This runs for every net on every frame, so the inner loop is incremental
-//! (one add per pixel for the source coordinate) and writes straight into a
+//! This runs for every net on every frame, so it writes straight into a
 //! caller-owned buffer.
 
 use super::geometry::{NormRect, Padding};
@@ -142,7 +143,7 @@ pub fn crop_to_tensor(
     } else {
         Padding::default()
     };
-    warp(image, &roi, spec, out);
+    warp(image, &roi, spec, out)?;
     Ok(CropTransform { roi, padding })
 }
 
@@ -172,24 +173,152 @@ fn pad_roi(roi: &mut PixelRoi) -> Padding {
     }
 }
 
-fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>) {
+/// The source-from-tensor matrix exactly as OpenCV builds it inside
+/// MediaPipe's `ImageToTensorOpenCvConverter`
+/// (mediapipe/calculators/tensor/image_to_tensor_converter_opencv.cc):
+/// `cv::RotatedRect(centre, size, rotation * 180.f / M_PI)` → `boxPoints` →
+/// `getPerspectiveTransform(box, {(0,T),(0,0),(T,0),(T,T)})` (8×8 LU solve in
+/// f64), which `warpPerspective` then inverts (3×3 cofactors in f64).
+///
+/// Analytically this is the affine map of HOLISTIC_SPEC.md §1.3, but the chain
+/// rounds differently: the box corners are f32, the LU and inversion add f64
+/// error, so some samples land in the neighbouring 1/32-px cell and their
+/// pixels differ by one level. Those one-level differences matter: on
+/// faceapi4 the pose net turns them into a ~2e-4 shift of the left
+/// wrist/index landmarks, which the hand ROI and recrop amplify: the left hand
+/// was 2.2% of its diagonal off MediaPipe's with the analytic map, 1.7% with
+/// this chain (crops at all three stages bit-identical to OpenCV 4.11's). The
+/// rest is float noise of the nets: a 1-2 ulp change of the pose ROI moves
+/// that hand by up to 1.1% in MediaPipe's own TFLite pipeline. `None` when
+/// OpenCV's solve or inversion would fail (a degenerate box).
+fn opencv_source_matrix(roi: &PixelRoi, t: usize) -> Option<[f64; 9]> {
+    // RotatedRect's angle: `rotation * 180.f / M_PI`: an f32 product, an f64
+    // division, stored as f32.
+    let deg = ((roi.r * 180.0f32) as f64 / std::f64::consts::PI) as f32;
+    let src = box_points(roi.cx, roi.cy, roi.w, roi.h, deg);
+    let tf = t as f32;
+    let dst = [(0.0, tf), (0.0, 0.0), (tf, 0.0), (tf, tf)];
+    let fwd = perspective_transform(&src, &dst)?;
+    invert3(&fwd)
+}
+
+/// `cv::RotatedRect::points` (imgproc/src/rotcalipers.cpp / core types.cpp):
+/// the angle in f64, the half-cos/sin and the corners in f32.
+fn box_points(cx: f32, cy: f32, w: f32, h: f32, deg: f32) -> [(f32, f32); 4] {
+    let angle = deg as f64 * std::f64::consts::PI / 180.0;
+    let b = angle.cos() as f32 * 0.5;
+    let a = angle.sin() as f32 * 0.5;
+    let p0 = (cx - a * h - b * w, cy + b * h - a * w);
+    let p1 = (cx + a * h - b * w, cy - b * h - a * w);
+    [
+        p0,
+        p1,
+        (2.0 * cx - p0.0, 2.0 * cy - p0.1),
+        (2.0 * cx - p1.0, 2.0 * cy - p1.1),
+    ]
+}
+
+/// `cv::getPerspectiveTransform(src, dst, DECOMP_LU)`: the 8×8 system with
+/// f32 products in its last two columns, solved by OpenCV's `LUImpl`
+/// (partial pivoting, eps = 100·DBL_EPSILON).
+fn perspective_transform(src: &[(f32, f32); 4], dst: &[(f32, f32); 4]) -> Option<[f64; 9]> {
+    let mut a = [[0.0f64; 8]; 8];
+    let mut b = [0.0f64; 8];
+    for i in 0..4 {
+        let ((sx, sy), (dx, dy)) = (src[i], dst[i]);
+        a[i][0] = sx as f64;
+        a[i + 4][3] = sx as f64;
+        a[i][1] = sy as f64;
+        a[i + 4][4] = sy as f64;
+        a[i][2] = 1.0;
+        a[i + 4][5] = 1.0;
+        a[i][6] = (-sx * dx) as f64;
+        a[i][7] = (-sy * dx) as f64;
+        a[i + 4][6] = (-sx * dy) as f64;
+        a[i + 4][7] = (-sy * dy) as f64;
+        b[i] = dx as f64;
+        b[i + 4] = dy as f64;
+    }
+    for i in 0..8 {
+        let mut k = i;
+        for j in i + 1..8 {
+            if a[j][i].abs() > a[k][i].abs() {
+                k = j;
+            }
+        }
+        if a[k][i].abs() < f64::EPSILON * 100.0 {
+            return None;
+        }
+        if k != i {
+            a.swap(i, k);
+            b.swap(i, k);
+        }
+        let d = -1.0 / a[i][i];
+        for j in i + 1..8 {
+            let alpha = a[j][i] * d;
+            for c in i + 1..8 {
+                a[j][c] += alpha * a[i][c];
+            }
+            b[j] += alpha * b[i];
+        }
+    }
+    for i in (0..8).rev() {
+        let mut s = b[i];
+        for c in i + 1..8 {
+            s -= a[i][c] * b[c];
+        }
+        b[i] = s / a[i][i];
+    }
+    Some([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 1.0])
+}
+
+/// `cv::invert` of a 3×3 f64 matrix (core/src/lapack.cpp): cofactors over
+/// the determinant; singular → `None`.
+fn invert3(m: &[f64; 9]) -> Option<[f64; 9]> {
+    let e = |r: usize, c: usize| m[3 * r + c];
+    let det = e(0, 0) * (e(1, 1) * e(2, 2) - e(1, 2) * e(2, 1))
+        - e(0, 1) * (e(1, 0) * e(2, 2) - e(1, 2) * e(2, 0))
+        + e(0, 2) * (e(1, 0) * e(2, 1) - e(1, 1) * e(2, 0));
+    if det == 0.0 || !det.is_finite() {
+        return None;
+    }
+    let d = 1.0 / det;
+    Some([
+        (e(1, 1) * e(2, 2) - e(1, 2) * e(2, 1)) * d,
+        (e(0, 2) * e(2, 1) - e(0, 1) * e(2, 2)) * d,
+        (e(0, 1) * e(1, 2) - e(0, 2) * e(1, 1)) * d,
+        (e(1, 2) * e(2, 0) - e(1, 0) * e(2, 2)) * d,
+        (e(0, 0) * e(2, 2) - e(0, 2) * e(2, 0)) * d,
+        (e(0, 2) * e(1, 0) - e(0, 0) * e(1, 2)) * d,
+        (e(1, 0) * e(2, 1) - e(1, 1) * e(2, 0)) * d,
+        (e(0, 1) * e(2, 0) - e(0, 0) * e(2, 1)) * d,
+        (e(0, 0) * e(1, 1) - e(0, 1) * e(1, 0)) * d,
+    ])
+}
+
+/// Column width of `WarpPerspectiveInvoker`'s blocks (imgproc/src/imgwarp.cpp,
+/// BLOCK_SZ = 32): each block row restarts its coordinates from the block's
+/// first column, so the block grid is part of the rounding.
+fn block_width(t: usize) -> usize {
+    const BLOCK_SZ: usize = 32;
+    let bh0 = (BLOCK_SZ / 2).min(t);
+    (BLOCK_SZ * BLOCK_SZ / bh0).min(t)
+}
+
+fn warp(
+    image: &RgbImage,
+    roi: &PixelRoi,
+    spec: &TensorSpec,
+    out: &mut Vec<f32>,
+) -> Result<(), WarpError> {
     let t = spec.size;
+    let m = opencv_source_matrix(roi, t).ok_or(WarpError::EmptyRoi)?;
     out.clear();
     out.resize(t * t * 3, 0.0);
     let (iw, ih) = (image.width() as i64, image.height() as i64);
     let src = image.as_raw();
     let stride = iw as usize * 3;
-
-    // Tensor pixel (i, j) samples src = c + R(r)·((i/T − ½)·w, (j/T − ½)·h);
-    // scaled by 32 so that rounding gives OpenCV's 1/32-px fixed point.
-    let (s, c) = (roi.r as f64).sin_cos();
-    let (w, h) = (roi.w as f64, roi.h as f64);
-    let tf = t as f64;
-    let q = INTER_TAB_SIZE as f64;
-    let (dxi, dyi) = (w / tf * c * q, w / tf * s * q);
-    let (dxj, dyj) = (-h / tf * s * q, h / tf * c * q);
-    let x00 = (roi.cx as f64 + (-0.5 * w) * c - (-0.5 * h) * s) * q;
-    let y00 = (roi.cy as f64 + (-0.5 * w) * s + (-0.5 * h) * c) * q;
+    let bw = block_width(t);
 
     let scale = (spec.range.max - spec.range.min) / 255.0;
     let offset = spec.range.min;
@@ -200,13 +329,30 @@ fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>)
     let half = 1i64 << (COEF_BITS - 1);
 
     for j in 0..t {
-        let row_x = x00 + dxj * j as f64;
-        let row_y = y00 + dyj * j as f64;
         let out_row = &mut out[j * t * 3..(j + 1) * t * 3];
+        let (mut x0, mut y0, mut w0) = (0.0, 0.0, 0.0);
         for i in 0..t {
-            let xq = round_half_even(row_x + dxi * i as f64);
-            let yq = round_half_even(row_y + dyi * i as f64);
-            let (sx, sy) = (xq >> INTER_BITS, yq >> INTER_BITS);
+            // WarpPerspectiveInvoker: per block row, X0/Y0/W0 at the block's
+            // first column, then (X0 + M0·x1)·(32 / (W0 + M6·x1)) rounded by
+            // cvRound after clamping to the int range; the integer part is
+            // saturated to i16 (the XY map is CV_16SC2).
+            let x1 = (i % bw) as f64;
+            if i % bw == 0 {
+                let (xb, y) = (i as f64, j as f64);
+                x0 = m[0] * xb + m[1] * y + m[2];
+                y0 = m[3] * xb + m[4] * y + m[5];
+                w0 = m[6] * xb + m[7] * y + m[8];
+            }
+            let wq = w0 + m[6] * x1;
+            let wq = if wq != 0.0 {
+                INTER_TAB_SIZE as f64 / wq
+            } else {
+                0.0
+            };
+            let xq = round_half_even(clamp_int((x0 + m[0] * x1) * wq));
+            let yq = round_half_even(clamp_int((y0 + m[3] * x1) * wq));
+            let sx = (xq >> INTER_BITS).clamp(i16::MIN as i64, i16::MAX as i64);
+            let sy = (yq >> INTER_BITS).clamp(i16::MIN as i64, i16::MAX as i64);
             let (ax, ay) = (xq & mask, yq & mask);
             // Weights: products of (32 − a) and a, times 2^15 / 2^10 = 32, exact.
             let w00 = (INTER_TAB_SIZE - ax) * (INTER_TAB_SIZE - ay) * 32;
@@ -252,6 +398,25 @@ fn warp(image: &RgbImage, roi: &PixelRoi, spec: &TensorSpec, out: &mut Vec<f32>)
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `std::max(INT_MIN, std::min(INT_MAX, v))` as WarpPerspectiveInvoker writes
+/// it (a NaN becomes INT_MAX, as there).
+#[inline(always)]
+fn clamp_int(v: f64) -> f64 {
+    let hi = if (i32::MAX as f64) < v {
+        i32::MAX as f64
+    } else if v.is_nan() {
+        i32::MAX as f64
+    } else {
+        v
+    };
+    if hi < i32::MIN as f64 {
+        i32::MIN as f64
+    } else {
+        hi
     }
 }
 
@@ -340,6 +505,41 @@ mod tests {
         assert_eq!(out[3 * 3], 15.0);
         // Channel 2 is constant 7 inside the image, 3.5 → rounds to 4 at the edge.
         assert_eq!(out[3 * 3 + 2], 4.0);
+    }
+
+    #[test]
+    fn crop_is_bit_identical_to_opencv_warp_perspective() {
+        // Reference values from OpenCV 4.11 (`cv2.boxPoints` →
+        // `getPerspectiveTransform` → `warpPerspective`, INTER_LINEAR,
+        // BORDER_REPLICATE) on the same image and rect. The analytic mapping
+        // src = c + R·((i/T − ½)w, (j/T − ½)h) rounds pixel (7, 8) into the
+        // next 1/32-px cell and gives [228, 129, 175] there.
+        let img = RgbImage::from_fn(40, 30, |x, y| {
+            Rgb([
+                ((x * 37 + y * 11) % 256) as u8,
+                ((x * 5 + y * 29) % 256) as u8,
+                ((x * y) % 256) as u8,
+            ])
+        });
+        let rect = NormRect {
+            xc: 0.518_340_6,
+            yc: 0.643_542_65,
+            w: 0.711_535_6,
+            h: 0.498_955_1,
+            r: -2.640_012_5,
+        };
+        let spec = TensorSpec { size: 32, ..RAW };
+        let mut out = Vec::new();
+        crop_to_tensor(&img, Some(&rect), &spec, &mut out).unwrap();
+        let at = |i: usize, j: usize| &out[(j * 32 + i) * 3..][..3];
+        assert_eq!(at(7, 8), &[227.0, 128.0, 174.0]);
+        // The whole crop, as a position-weighted sum (OpenCV's: 49399055).
+        let fingerprint: i64 = out
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| v as i64 * (k as i64 % 251 + 1))
+            .sum();
+        assert_eq!(fingerprint, 49_399_055);
     }
 
     #[test]
