@@ -939,6 +939,33 @@ fn depthwise_row_impl<const FMA: bool>(
     let ky0 = win.rows(oy).1.start;
     let mut ox = 0;
     while ox < ow {
+        // Stride 1, eight pixels whose windows are all inside the row: each
+        // input column is loaded once for the (up to) kw pixels it feeds.
+        #[cfg(target_arch = "x86_64")]
+        if FMA
+            && win.stride_w == 1
+            && (win.kw == 3 || win.kw == 5)
+            && ox + ROW_PIXELS <= ow
+            && ox >= win.pads[1]
+            && ox + ROW_PIXELS - 1 - win.pads[1] + win.kw <= win.w
+        {
+            let ix0 = ox - win.pads[1];
+            let out_px = &mut out_row[ox * c..(ox + ROW_PIXELS) * c];
+            // SAFETY: `FMA` instances run only on CPUs with avx2 and fma;
+            // input columns `ix0..ix0 + 8 + kw - 1` are inside the row
+            // (checked just above), each of `rows` starts a full input row
+            // within `input` (checked by the callers), `out_px` holds the
+            // eight pixels.
+            unsafe {
+                if win.kw == 3 {
+                    depthwise_row8_avx2::<3>(input, rows, ky0, ix0, p, act, out_px);
+                } else {
+                    depthwise_row8_avx2::<5>(input, rows, ky0, ix0, p, act, out_px);
+                }
+            }
+            ox += ROW_PIXELS;
+            continue;
+        }
         // The in-bounds taps of this output pixel: (input offset, weight
         // offset) of channel 0. Computed once per pixel, reused per channel.
         let (ix0, kx_range) = win.cols(ox);
@@ -977,7 +1004,93 @@ fn depthwise_row_impl<const FMA: bool>(
         } else {
             depthwise_pixel::<FMA>(input, &taps[..n], p, act, &mut out_row[o..o + c]);
         }
-        ox += if FMA && cfg!(target_arch = "x86_64") && pair { 2 } else { 1 };
+        ox += if FMA && cfg!(target_arch = "x86_64") && pair {
+            2
+        } else {
+            1
+        };
+    }
+}
+
+/// Output pixels per call of [`depthwise_row8_avx2`].
+#[cfg(target_arch = "x86_64")]
+const ROW_PIXELS: usize = 8;
+
+/// Eight neighbouring output pixels of a stride-1 depthwise convolution
+/// whose windows lie inside the input row, AVX2: per kernel row, each of the
+/// `8 + KW - 1` input columns is loaded once and multiplied into every pixel
+/// it feeds (eight accumulators, the `KW` weights of the row in registers),
+/// instead of `KW` loads per pixel.
+///
+/// # Safety
+/// The CPU must support avx2 and fma; every row offset in `rows` plus
+/// `(ix0 + 8 + KW - 1) * p.c` must be within `input`; `out` must hold
+/// `8 * p.c` floats; PReLU slopes must cover the padded channels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn depthwise_row8_avx2<const KW: usize>(
+    input: &[f32],
+    rows: &[usize],
+    ky0: usize,
+    ix0: usize,
+    p: &PackedDepthwise,
+    act: &Activation,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (c, c_pad) = (p.c, p.c_pad());
+    let (x, w, b, o) = (
+        input.as_ptr(),
+        p.w.as_ptr(),
+        p.bias.as_ptr(),
+        out.as_mut_ptr(),
+    );
+    let mut cb = 0;
+    // SAFETY: the caller's contract; channel blocks stay below `c` (masked
+    // at the tail) for the input and output, below `c_pad` for the padded
+    // weights and bias.
+    unsafe {
+        while cb < c {
+            let lanes = (c - cb).min(LANES);
+            let mask = lane_mask(lanes);
+            // A macro, not a closure: see `tile_avx2`.
+            macro_rules! load {
+                ($ptr:expr) => {
+                    if lanes == LANES {
+                        _mm256_loadu_ps($ptr)
+                    } else {
+                        _mm256_maskload_ps($ptr, mask)
+                    }
+                };
+            }
+            let mut acc = [_mm256_loadu_ps(b.add(cb)); ROW_PIXELS];
+            for (i, &row) in rows.iter().enumerate() {
+                let ky = ky0 + i;
+                let mut wk = [_mm256_setzero_ps(); KW];
+                for (kx, wv) in wk.iter_mut().enumerate() {
+                    *wv = _mm256_loadu_ps(w.add((ky * KW + kx) * c_pad + cb));
+                }
+                for col in 0..ROW_PIXELS + KW - 1 {
+                    let xv = load!(x.add(row + (ix0 + col) * c + cb));
+                    for q in 0..ROW_PIXELS {
+                        // Pixel `q` reads column `col` through tap `col - q`.
+                        if col >= q && col - q < KW {
+                            acc[q] = _mm256_fmadd_ps(xv, wk[col - q], acc[q]);
+                        }
+                    }
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                let y = act_avx2(act, *a, cb);
+                let dst = o.add(q * c + cb);
+                if lanes == LANES {
+                    _mm256_storeu_ps(dst, y);
+                } else {
+                    _mm256_maskstore_ps(dst, mask, y);
+                }
+            }
+            cb += LANES;
+        }
     }
 }
 

@@ -121,7 +121,9 @@ impl Pointwise {
     ) {
         match self {
             Pointwise::Dense(w) => kernels::gemm(isa, a, m, w.k, w, act, residual, out),
-            Pointwise::Sparse(w) => kernels::sparse_gemm(isa, a, m, w.k, w, act, residual, out, scratch),
+            Pointwise::Sparse(w) => {
+                kernels::sparse_gemm(isa, a, m, w.k, w, act, residual, out, scratch)
+            }
         }
     }
 }
@@ -552,7 +554,17 @@ impl Program {
                     }
                     let input = if expand.is_some() { &*ring } else { x };
                     let dw_out = &mut dw_row[..ow * ce];
-                    kernels::depthwise_row(isa, input, &rows, oy, win, dw, dw_act, dw_out, &mut scratch.taps);
+                    kernels::depthwise_row(
+                        isa,
+                        input,
+                        &rows,
+                        oy,
+                        win,
+                        dw,
+                        dw_act,
+                        dw_out,
+                        &mut scratch.taps,
+                    );
                     let r = residual.map(|(v, channels)| Residual {
                         data: &buf(v)[oy * ow * channels..(oy + 1) * ow * channels],
                         channels,
@@ -1446,10 +1458,18 @@ fn fuse_activations(layers: &mut [Option<Layer>], values: &[Value], outputs: &[V
 fn as_pointwise(layer: &Layer) -> Option<(Pointwise, Activation, Option<(V, usize)>, V)> {
     match layer {
         Layer::Gemm {
-            src, w, act, residual, ..
+            src,
+            w,
+            act,
+            residual,
+            ..
         } => Some((Pointwise::Dense(w.clone()), act.clone(), *residual, *src)),
         Layer::SparseGemm {
-            src, w, act, residual, ..
+            src,
+            w,
+            act,
+            residual,
+            ..
         } => Some((Pointwise::Sparse(w.clone()), act.clone(), *residual, *src)),
         _ => None,
     }
@@ -1502,7 +1522,10 @@ fn fuse_blocks(layers: &mut [Option<Layer>], values: &[Value], outputs: &[V]) {
         } else {
             None
         };
-        let dst = layers[ci].as_ref().map(Layer::dst).expect("consumer exists");
+        let dst = layers[ci]
+            .as_ref()
+            .map(Layer::dst)
+            .expect("consumer exists");
         let src = expand.as_ref().map_or(e, |(_, _, _, x)| *x);
         if let Some((p, ..)) = &expand {
             layers[*p] = None;
