@@ -193,6 +193,9 @@ struct Load {
     results: usize,
     errors: usize,
     latencies: Vec<f64>,
+    /// The workers' own pipeline time per frame: grows when the worker
+    /// processes have fewer free cores than pipelines.
+    infer_ms: Vec<f64>,
     seconds: f64,
 }
 
@@ -201,31 +204,35 @@ async fn closed_loop(pool: &RemotePool, jpeg: &Bytes, clients: u32, seconds: f64
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let runs = (0..clients).map(|c| async move {
-        let (mut ok, mut err, mut lat) = (0, 0, Vec::new());
+        let (mut ok, mut err, mut lat, mut infer) = (0, 0, Vec::new(), Vec::new());
         let mut seq = c * 1_000_000;
         while Instant::now() < end {
             seq += 1;
             let t = Instant::now();
             let done = pool.submit(job(seq, jpeg)).await;
-            if done.outcome.is_ok() {
-                ok += 1;
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
-            } else {
-                err += 1;
+            match done.outcome {
+                Ok(out) => {
+                    ok += 1;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    infer.push(out.timings.infer_ms);
+                }
+                Err(_) => err += 1,
             }
         }
-        (ok, err, lat)
+        (ok, err, lat, infer)
     });
     let mut load = Load {
         results: 0,
         errors: 0,
         latencies: Vec::new(),
+        infer_ms: Vec::new(),
         seconds: 0.0,
     };
-    for (ok, err, lat) in futures_util::future::join_all(runs).await {
+    for (ok, err, lat, infer) in futures_util::future::join_all(runs).await {
         load.results += ok;
         load.errors += err;
         load.latencies.extend(lat);
+        load.infer_ms.extend(infer);
     }
     load.seconds = started.elapsed().as_secs_f64();
     load.latencies.sort_by(f64::total_cmp);
@@ -250,8 +257,12 @@ fn main() {
         "release"
     };
     println!(
-        "scaleout bench: {profile} profile, RAYON_NUM_THREADS={}",
-        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: one per core)".into())
+        "scaleout bench: {profile} profile, RAYON_NUM_THREADS={}, {} cores, load average {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: one per core)".into()),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -345,15 +356,36 @@ fn main() {
             let p50 = median(loads.iter().map(|l| pct(&l.latencies, 0.5)).collect());
             let p99 = median(loads.iter().map(|l| pct(&l.latencies, 0.99)).collect());
             let errors: usize = loads.iter().map(|l| l.errors).sum();
+            let infer = median(loads.iter().flat_map(|l| l.infer_ms.clone()).collect());
             let each: Vec<String> = loads
                 .iter()
                 .map(|l| format!("{:.2}", l.results as f64 / l.seconds))
                 .collect();
             println!(
-                "  {name}  {rate:6.2} results/s  p50 {p50:7.1} ms  p99 {p99:7.1} ms  errors {errors}  (rounds: {})",
+                "  {name}  {rate:6.2} results/s  p50 {p50:7.1} ms  p99 {p99:7.1} ms  errors {errors}  pipeline {infer:5.1} ms/frame  (rounds: {})",
                 each.join(", ")
             );
         }
+        // Each round's two phases are adjacent in time, so their ratio is
+        // the least disturbed by other work on a shared machine.
+        let ratios: Vec<f64> = one
+            .iter()
+            .zip(&two)
+            .map(|(a, b)| (b.results as f64 / b.seconds) / (a.results as f64 / a.seconds))
+            .collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "  2 vs 1 worker processes, same round: median {:.2}x  (rounds: {})",
+            median(ratios.clone()),
+            each.join(", ")
+        );
         drop(w1);
     });
+    // The machine may be shared: its load says how many cores were free.
+    println!(
+        "load average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
 }
