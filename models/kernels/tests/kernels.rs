@@ -76,6 +76,33 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
+/// Naive `a (m x k, row stride lda) * b (k x n) + bias`, plus the first
+/// `res_c` channels of `res`, then the activation.
+fn naive_gemm(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    bias: &[f32],
+    (res, res_c): (&[f32], usize),
+    act: &Activation,
+) -> Vec<f32> {
+    let mut want = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = bias[j];
+            for kk in 0..k {
+                s += a[i * lda + kk] * b[kk * n + j];
+            }
+            if j < res_c {
+                s += res[i * res_c + j];
+            }
+            want[i * n + j] = reference_act(act, s, j);
+        }
+    }
+    want
+}
+
 const CASES: usize = 60;
 
 #[test]
@@ -99,19 +126,7 @@ fn gemm_matches_naive_with_bias_residual_and_activation() {
         let res_c = if rng.int(0, 1) == 0 { 0 } else { rng.int(1, n) };
         let res = rng.vec(m * res_c);
         let packed = PackedMatrix::pack(k, n, |kk, j| b[kk * n + j], &bias);
-        let mut want = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = bias[j];
-                for kk in 0..k {
-                    s += a[i * lda + kk] * b[kk * n + j];
-                }
-                if j < res_c {
-                    s += res[i * res_c + j];
-                }
-                want[i * n + j] = reference_act(&act, s, j);
-            }
-        }
+        let want = naive_gemm(&a, lda, &b, (m, k, n), &bias, (&res, res_c), &act);
         let residual = (res_c > 0).then_some(Residual {
             data: &res,
             channels: res_c,
@@ -158,19 +173,7 @@ fn sparse_gemm_matches_naive() {
         let res_c = if rng.int(0, 1) == 0 { 0 } else { rng.int(1, n) };
         let res = rng.vec(m * res_c);
         let sparse = SparseMatrix::pack(k, n, |kk, j| b[kk * n + j], &bias);
-        let mut want = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = bias[j];
-                for kk in 0..k {
-                    s += a[i * lda + kk] * b[kk * n + j];
-                }
-                if j < res_c {
-                    s += res[i * res_c + j];
-                }
-                want[i * n + j] = reference_act(&act, s, j);
-            }
-        }
+        let want = naive_gemm(&a, lda, &b, (m, k, n), &bias, (&res, res_c), &act);
         let residual = (res_c > 0).then_some(Residual {
             data: &res,
             channels: res_c,
