@@ -194,13 +194,23 @@ impl OneEuro {
         1.0 / (1.0 + tau / te)
     }
 
+    /// `OneEuroFilter::Apply` (mediapipe/util/filtering/one_euro_filter.cc):
+    /// `last_time_` starts below any timestamp; a timestamp not after the last
+    /// passes the value through; the rate is re-estimated only when neither
+    /// the last nor the new timestamp is 0 (`last_time_ != 0 &&
+    /// new_timestamp != 0`), so after a first frame at t = 0 the second is
+    /// still filtered at the default 30 Hz. MediaPipe 0.10.14 run from t = 0
+    /// instead of Python's t = 33 333 µs differs only by that, and on the test
+    /// clip that alone moves its own pose by 1–3% in the faceapi4 scene.
     fn apply(&mut self, p: &OneEuroParams, time_ns: i64, value_scale: f64, value: f64) -> f64 {
         if let Some(last) = self.last_time_ns {
             if last >= time_ns {
                 // Out-of-order timestamp: MediaPipe passes the value through.
                 return value;
             }
-            self.frequency = 1.0 / ((time_ns - last) as f64 * 1e-9);
+            if last != 0 && time_ns != 0 {
+                self.frequency = 1.0 / ((time_ns - last) as f64 * 1e-9);
+            }
         }
         self.last_time_ns = Some(time_ns);
         let dvalue = if self.x.initialized {
@@ -363,14 +373,28 @@ mod tests {
             derivate_cutoff: 1.0,
         };
         let mut f = OneEuro::default();
-        assert_eq!(f.apply(&p, 0, 1.0, 10.0), 10.0);
+        assert_eq!(f.apply(&p, 1_000_000_000, 1.0, 10.0), 10.0);
         // Second sample 0.1 s later: frequency 10 Hz, te = 0.1, tau = 1/(2π),
         // alpha = 1/(1 + tau/te) = 1/(1 + 10/(2π)) ≈ 0.38586; out = 10 + α·10.
-        let out = f.apply(&p, 100_000_000, 1.0, 20.0);
+        let out = f.apply(&p, 1_100_000_000, 1.0, 20.0);
         let alpha = 1.0 / (1.0 + 10.0 / (2.0 * std::f64::consts::PI));
         assert!((out - (10.0 + alpha * 10.0)).abs() < 1e-4, "{out}");
         // A timestamp that does not advance passes the value through.
-        assert_eq!(f.apply(&p, 100_000_000, 1.0, 50.0), 50.0);
+        assert_eq!(f.apply(&p, 1_100_000_000, 1.0, 50.0), 50.0);
+    }
+
+    #[test]
+    fn one_euro_keeps_default_rate_after_a_frame_at_time_zero() {
+        // From t = 0 the second sample is filtered at 30 Hz, from t = 33 333 µs
+        // at the measured 30.0003 Hz (MediaPipe's `last_time_ != 0` rule).
+        let run = |t0: i64| {
+            let mut f = OneEuro::default();
+            f.apply(&POSE_FILTER, t0, 1.0, 0.0);
+            f.apply(&POSE_FILTER, t0 + 33_333_000, 1.0, 1.0);
+            f.frequency
+        };
+        assert_eq!(run(0), DEFAULT_FREQUENCY);
+        assert!((run(33_333_000) - 1.0 / 0.033_333).abs() < 1e-9);
     }
 
     #[test]
