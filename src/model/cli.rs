@@ -107,7 +107,9 @@ pub fn infer(args: &InferArgs) -> anyhow::Result<()> {
         let opts = ProcessOptions {
             mode: args.mode.into(),
             parts: args.parts,
-            timestamp_us: i as i64 * parity::FRAME_STEP_US,
+            // As MediaPipe's Python solution times a stream (first frame at
+            // 33 333 µs), so `--mode tracking` reproduces its answers.
+            timestamp_us: parity::python_timestamp_us(i),
         };
         let result = holistic.process(&image, &opts, &mut state)?;
         println!("{}", serde_json::to_string(&result)?);
