@@ -39,7 +39,9 @@ if env -u HOLISTREAM_PASSWORD docker-compose -f docker/compose.yaml config >/dev
   echo "compose accepted a missing HOLISTREAM_PASSWORD" >&2; exit 1
 fi
 # The worker must be scalable: no fixed container name, no published port.
-python3 - "$scratch/compose.resolved.yaml" <<'PY'
+# Debian's python3 has yaml (python3-yaml comes with docker-compose).
+PY3=$([ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)
+"$PY3" - "$scratch/compose.resolved.yaml" <<'PY'
 import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
 w = c["services"]["worker"]
