@@ -14,13 +14,14 @@ use image::RgbImage;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-/// MediaPipe 0.10.14 (XNNPACK, 1 thread) on this machine, ms per frame.
+/// MediaPipe 0.10.14 (XNNPACK, 1 thread) on this kind of machine, ms per
+/// frame, as measured once for the project brief: the figures printed when
+/// the bench is not given a MediaPipe to measure in the same run.
 pub const MEDIAPIPE_STATIC_MS: f64 = 26.0;
 pub const MEDIAPIPE_TRACKING_MS: f64 = 20.0;
 
-/// MediaPipe's per-net forward time on this machine (XNNPACK, 1 thread), ms;
-/// `None` where it was not measured.
-pub fn mediapipe_net_ms(net: Net) -> Option<f64> {
+/// The brief's per-net MediaPipe forward times (XNNPACK, 1 thread), ms.
+fn reference_net_ms(net: Net) -> Option<f64> {
     match net {
         Net::PoseDetection => Some(5.4),
         Net::PoseLandmark => Some(8.5),
@@ -28,6 +29,75 @@ pub fn mediapipe_net_ms(net: Net) -> Option<f64> {
         Net::FaceLandmark => Some(0.64),
         Net::HandRecrop => Some(0.64),
         Net::FaceDetection => None,
+    }
+}
+
+/// MediaPipe's times the bench compares with, ms: measured in the same run
+/// (`--mediapipe PYTHON`, see `mediapipe_bench.py`) or the brief's reference
+/// figures; `source` says which, and is printed.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct MediaPipeTimes {
+    pub source: String,
+    pub static_ms: f64,
+    pub tracking_ms: f64,
+    /// Forward time per net, by [`Net::name`].
+    #[serde(default)]
+    pub nets: std::collections::BTreeMap<String, f64>,
+    /// Why the per-net times are missing, when they are.
+    #[serde(default)]
+    pub nets_error: Option<String>,
+}
+
+/// The script that measures MediaPipe (run by [`MediaPipeTimes::measure`]).
+const MEDIAPIPE_BENCH_PY: &str = include_str!("mediapipe_bench.py");
+
+impl MediaPipeTimes {
+    /// The brief's figures for this kind of machine (not measured here).
+    pub fn reference() -> MediaPipeTimes {
+        MediaPipeTimes {
+            source: "reference figures for this kind of machine, not measured in this run".into(),
+            static_ms: MEDIAPIPE_STATIC_MS,
+            tracking_ms: MEDIAPIPE_TRACKING_MS,
+            nets: Net::ALL
+                .iter()
+                .filter_map(|&n| reference_net_ms(n).map(|ms| (n.name().to_string(), ms)))
+                .collect(),
+            nets_error: None,
+        }
+    }
+
+    /// Measures MediaPipe with `python` (which must have mediapipe==0.10.14)
+    /// on the same images, `iters` frames per image and mode.
+    pub fn measure(
+        python: &std::path::Path,
+        images: &[std::path::PathBuf],
+        iters: usize,
+    ) -> Result<MediaPipeTimes, String> {
+        let out = std::process::Command::new(python)
+            .arg("-c")
+            .arg(MEDIAPIPE_BENCH_PY)
+            .arg(iters.to_string())
+            .args(images)
+            .output()
+            .map_err(|e| format!("running {}: {e}", python.display()))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            return Err(format!(
+                "{} failed ({}): {}",
+                python.display(),
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).map_err(|e| format!("reading MediaPipe's times ({e}): {line}"))
+    }
+
+    /// MediaPipe's forward time of `net`, if known.
+    pub fn net_ms(&self, net: Net) -> Option<f64> {
+        self.nets.get(net.name()).copied()
     }
 }
 
@@ -134,8 +204,9 @@ pub fn run(
     })
 }
 
-impl std::fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl BenchReport {
+    /// Writes the report beside MediaPipe's times `mp`.
+    pub fn write(&self, f: &mut std::fmt::Formatter<'_>, mp: &MediaPipeTimes) -> std::fmt::Result {
         writeln!(
             f,
             "{} images, {} iterations each; medians in ms; ratio = ours / MediaPipe",
@@ -147,7 +218,7 @@ impl std::fmt::Display for BenchReport {
             "net (forward only)", "ours", "mediapipe", "ratio"
         )?;
         for (net, ms) in &self.nets {
-            match mediapipe_net_ms(*net) {
+            match mp.net_ms(*net) {
                 Some(mp) => writeln!(
                     f,
                     "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
@@ -180,16 +251,16 @@ impl std::fmt::Display for BenchReport {
             "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
             "static",
             self.static_frame,
-            MEDIAPIPE_STATIC_MS,
-            self.static_frame / MEDIAPIPE_STATIC_MS
+            mp.static_ms,
+            self.static_frame / mp.static_ms
         )?;
         write!(
             f,
             "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
             "tracking",
             self.tracking_frame,
-            MEDIAPIPE_TRACKING_MS,
-            self.tracking_frame / MEDIAPIPE_TRACKING_MS
+            mp.tracking_ms,
+            self.tracking_frame / mp.tracking_ms
         )
     }
 }
@@ -258,6 +329,8 @@ pub struct Comparison {
     pub throughput: Vec<ThroughputRow>,
     /// Threads the throughput rows could use (`available_parallelism`).
     pub cores: usize,
+    /// What the ratios compare with.
+    pub mediapipe: MediaPipeTimes,
 }
 
 impl Comparison {
@@ -283,9 +356,15 @@ fn ms(v: Option<f64>) -> String {
 
 impl std::fmt::Display for Comparison {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mp = &self.mediapipe;
+        writeln!(f, "MediaPipe: {}", mp.source)?;
+        if let Some(why) = &mp.nets_error {
+            writeln!(f, "MediaPipe per-net times missing: {why}")?;
+        }
         for (backend, report) in &self.reports {
             writeln!(f, "== nets: {}", backend.name())?;
-            writeln!(f, "{report}")?;
+            report.write(f, mp)?;
+            writeln!(f)?;
         }
         let burn = self.report(Backend::Burn);
         let fused = self.report(Backend::Fused);
@@ -308,7 +387,7 @@ impl std::fmt::Display for Comparison {
                     net.name().to_string(),
                     net_ms(burn, net),
                     net_ms(fused, net),
-                    mediapipe_net_ms(net),
+                    mp.net_ms(net),
                 )
             })
             .collect();
@@ -316,13 +395,13 @@ impl std::fmt::Display for Comparison {
             "frame static".into(),
             burn.map(|r| r.static_frame),
             fused.map(|r| r.static_frame),
-            Some(MEDIAPIPE_STATIC_MS),
+            Some(mp.static_ms),
         ));
         rows.push((
             "frame tracking".into(),
             burn.map(|r| r.tracking_frame),
             fused.map(|r| r.tracking_frame),
-            Some(MEDIAPIPE_TRACKING_MS),
+            Some(mp.tracking_ms),
         ));
         for (name, b, u, mp) in rows {
             writeln!(
@@ -359,9 +438,9 @@ impl std::fmt::Display for Comparison {
             }
             write!(
                 f,
-                "MediaPipe, one process per core, from its single-thread frame times: {:.1} fps static, {:.1} fps tracking",
-                self.cores as f64 * 1000.0 / MEDIAPIPE_STATIC_MS,
-                self.cores as f64 * 1000.0 / MEDIAPIPE_TRACKING_MS
+                "MediaPipe, one process per core, from its single-thread frame times above: {:.1} fps static, {:.1} fps tracking",
+                self.cores as f64 * 1000.0 / mp.static_ms,
+                self.cores as f64 * 1000.0 / mp.tracking_ms
             )?;
         }
         Ok(())
@@ -370,6 +449,29 @@ impl std::fmt::Display for Comparison {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn mediapipe_times_from_the_script_or_the_reference() {
+        let line = r#"{"source": "mediapipe 0.10.14, measured in this run", "static_ms": 30.5, "tracking_ms": 21.0, "nets": {"pose_detection": 5.0, "hand_recrop": 0.7}}"#;
+        let t: MediaPipeTimes = serde_json::from_str(line).unwrap();
+        assert_eq!(t.static_ms, 30.5);
+        assert_eq!(t.net_ms(Net::PoseDetection), Some(5.0));
+        assert_eq!(t.net_ms(Net::FaceLandmark), None);
+        assert!(t.nets_error.is_none());
+        let r = MediaPipeTimes::reference();
+        assert_eq!(r.static_ms, MEDIAPIPE_STATIC_MS);
+        assert_eq!(r.net_ms(Net::PoseLandmark), Some(8.5));
+        assert_eq!(r.net_ms(Net::FaceDetection), None);
+        assert!(r.source.contains("not measured"));
+    }
+
+    #[test]
+    fn a_python_without_mediapipe_is_a_clear_error() {
+        let err = MediaPipeTimes::measure(std::path::Path::new("/nonexistent/python"), &[], 1)
+            .unwrap_err();
+        assert!(err.contains("/nonexistent/python"), "{err}");
+    }
     #[test]
     fn ratios_and_missing_values() {
         assert_eq!(super::ratio(Some(3.0), Some(2.0)), "1.50x");

@@ -86,6 +86,11 @@ pub struct BenchArgs {
     /// Print where the fused kernels' time goes, per net and layer kind.
     #[arg(long)]
     pub profile: bool,
+    /// A Python with mediapipe==0.10.14 (and ai-edge-litert for the per-net
+    /// rows): MediaPipe is then measured on the same images in the same run;
+    /// without it the ratios use reference figures for this kind of machine.
+    #[arg(long, value_name = "PYTHON")]
+    pub mediapipe: Option<PathBuf>,
 }
 
 fn load_image(path: &Path) -> anyhow::Result<image::RgbImage> {
@@ -182,10 +187,17 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| load_image(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // MediaPipe first, so neither side runs beside the other's threads.
+    let mediapipe = match &args.mediapipe {
+        Some(python) => bench::MediaPipeTimes::measure(python, &paths, args.iters)
+            .map_err(|e| anyhow::anyhow!("measuring MediaPipe: {e}"))?,
+        None => bench::MediaPipeTimes::reference(),
+    };
     let mut comparison = bench::Comparison {
         reports: Vec::new(),
         throughput: Vec::new(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mediapipe,
     };
     for &backend in &args.nets {
         let holistic = Holistic::load(backend)
