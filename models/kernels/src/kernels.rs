@@ -81,6 +81,30 @@ impl Activation {
         v[0]
     }
 
+    /// Applies the activation to one pixel's channels, `row[ch]` being
+    /// channel `ch` (one match per pixel, loops that vectorize).
+    #[inline(always)]
+    fn apply_pixel(&self, row: &mut [f32]) {
+        match self {
+            Activation::Identity => {}
+            Activation::Clamp { lo, hi } => {
+                for x in row.iter_mut() {
+                    *x = x.max(*lo).min(*hi);
+                }
+            }
+            Activation::PRelu(slopes) => {
+                for (x, s) in row.iter_mut().zip(slopes) {
+                    *x = if *x < 0.0 { *x * s } else { *x };
+                }
+            }
+            Activation::Sigmoid => {
+                for x in row.iter_mut() {
+                    *x = 1.0 / (1.0 + (-*x).exp());
+                }
+            }
+        }
+    }
+
     /// Slopes must cover `channels` (rounded up to whole lane groups).
     fn covers(&self, channels: usize) -> bool {
         match self {
@@ -1279,10 +1303,14 @@ pub fn im2col(input: &[f32], win: &Window, c: usize, out: &mut [f32]) {
     assert!(out.len() >= oh * ow * k, "im2col: out too short");
     for oy in 0..oh {
         let (iy0, ky_range) = win.rows(oy);
+        let full_rows = ky_range.len() == win.kh;
         for ox in 0..ow {
             let (ix0, kx_range) = win.cols(ox);
             let row = &mut out[(oy * ow + ox) * k..(oy * ow + ox + 1) * k];
-            row.fill(0.0);
+            // Windows inside the image write every element below.
+            if !(full_rows && kx_range.len() == win.kw) {
+                row.fill(0.0);
+            }
             for ky in ky_range.clone() {
                 let iy = (iy0 + ky as isize) as usize;
                 // The in-bounds taps of one kernel row are contiguous in both
@@ -1329,7 +1357,7 @@ multiversion! {
 multiversion! {
     /// Bilinear resize, `half_pixel` coordinates (TFLite `half_pixel_centers`,
     /// ONNX `Resize` mode `linear`): source coordinate
-    /// `(dst + 0.5) * in / out - 0.5`, clamped to the image.
+    /// `(dst + 0.5) * in / out - 0.5`, clamped to the image; then `act`.
     pub fn resize_bilinear(
         input: &[f32],
         h: usize,
@@ -1337,9 +1365,11 @@ multiversion! {
         c: usize,
         oh: usize,
         ow: usize,
+        act: &Activation,
         out: &mut [f32],
     ) {
         assert!(input.len() >= h * w * c && out.len() >= oh * ow * c, "resize: sizes");
+        assert!(act.covers(c), "resize: activation too short");
         let taps = |dst: usize, n_in: usize, n_out: usize| {
             let src = ((dst as f32 + 0.5) * (n_in as f32 / n_out as f32) - 0.5).max(0.0);
             let i0 = (src.floor() as usize).min(n_in - 1);
@@ -1358,6 +1388,7 @@ multiversion! {
                     let bottom = fmadd::<FMA>(d[ch] - cc[ch], fx, cc[ch]);
                     o[ch] = fmadd::<FMA>(bottom - top, fy, top);
                 }
+                act.apply_pixel(o);
             }
         }
     }

@@ -393,13 +393,21 @@ fn max_pool_resize_and_layout_kernels_match_naive() {
                         + p(y0, x1) * (1.0 - fy) * fx
                         + p(y1, x0) * fy * (1.0 - fx)
                         + p(y1, x1) * fy * fx;
+                    // Odd cases with a clamp fused (a pointwise layer's
+                    // activation moved behind the resize).
+                    let v = if case % 2 == 1 { v.clamp(0.0, 0.5) } else { v };
                     want[(oy * ow + ox) * c + ch] = v as f32;
                 }
             }
         }
         for isa in Isa::available() {
             let mut got = vec![f32::NAN; want.len()];
-            kernels::resize_bilinear(isa, &input, h, w, c, oh, ow, &mut got);
+            let act = if case % 2 == 1 {
+                Activation::Clamp { lo: 0.0, hi: 0.5 }
+            } else {
+                Activation::Identity
+            };
+            kernels::resize_bilinear(isa, &input, h, w, c, oh, ow, &act, &mut got);
             assert_close(
                 &got,
                 &want,
