@@ -1456,8 +1456,9 @@ multiversion! {
         assert!(a.len() % c == 0 && act.covers(c), "add: channels");
         for ((o, a), b) in out.chunks_exact_mut(c).zip(a.chunks_exact(c)).zip(b.chunks_exact(c)) {
             for ch in 0..c {
-                o[ch] = act.apply_one(a[ch] + b[ch], ch);
+                o[ch] = a[ch] + b[ch];
             }
+            act.apply_pixel(o);
         }
     }
 }
@@ -1468,9 +1469,8 @@ multiversion! {
         assert!(out.len() >= input.len() && c > 0, "activate: sizes");
         assert!(input.len() % c == 0 && act.covers(c), "activate: channels");
         for (o, i) in out.chunks_exact_mut(c).zip(input.chunks_exact(c)) {
-            for ch in 0..c {
-                o[ch] = act.apply_one(i[ch], ch);
-            }
+            o.copy_from_slice(i);
+            act.apply_pixel(o);
         }
     }
 }
