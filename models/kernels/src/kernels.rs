@@ -904,6 +904,19 @@ multiversion! {
         assert!(input.len() >= win.h * win.w * c, "depthwise: input too short");
         assert!(out.len() >= oh * ow * c, "depthwise: out too short");
         assert!(act.covers(p.c_pad()), "depthwise: activation too short");
+        if win.kh == 1 && win.kw == 1 && win.stride_h == 1 && win.stride_w == 1 && win.pads == [0; 4] {
+            // A per-channel scale (`hand_recrop`'s 1x1 depthwise convs): the
+            // same `fma(x, w, bias)` per element as the general path, without
+            // its per-pixel tap bookkeeping.
+            let (w, bias) = (&p.w[..c], &p.bias[..c]);
+            for (o, x) in out.chunks_exact_mut(c).zip(input.chunks_exact(c)).take(oh * ow) {
+                for ch in 0..c {
+                    o[ch] = fmadd::<FMA>(x[ch], w[ch], bias[ch]);
+                }
+                act.apply_pixel(o);
+            }
+            return;
+        }
         let mut taps = vec![(0usize, 0usize); win.kh * win.kw];
         let mut rows = vec![0usize; win.kh];
         for oy in 0..oh {
