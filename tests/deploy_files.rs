@@ -70,6 +70,7 @@ fn variables_read() -> BTreeSet<String> {
     read.insert(holistream::config::REDIS_URL_ENV.to_string());
     read.insert("RUST_LOG".into());
     read.insert("RAYON_NUM_THREADS".into());
+    read.insert(holistream::model::Backend::ENV.to_string());
     read
 }
 
