@@ -213,7 +213,7 @@ fn to_nhwc(t: Tensor<4>) -> Tensor<4> {
 fn flat<const D: usize>(net: Net, t: Tensor<D>) -> Result<Vec<f32>, NetError> {
     t.into_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| NetError::Output {
             net,
             message: format!("{e:?}"),

@@ -7,8 +7,9 @@
 //! used as given and the outputs come back NHWC-flattened.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use holistream_kernels::program::InputSizeError;
 use holistream_kernels::{Isa, Program, Scratch};
 
 use crate::{Net, NetError, NetRunner};
@@ -93,23 +94,6 @@ impl FusedNets {
         self.programs[0].isa()
     }
 
-    /// The lowered program of one net (layer count, profile).
-    pub fn program(&self, net: Net) -> &Program {
-        &self.programs[index(net)]
-    }
-
-    /// [`NetRunner::run`], also returning the forward time (the outputs'
-    /// copy out of the buffers included). For `holistream bench`.
-    pub fn run_timed(
-        &self,
-        net: Net,
-        input_nhwc: &[f32],
-    ) -> Result<(Vec<Vec<f32>>, Duration), NetError> {
-        let start = Instant::now();
-        let outputs = self.run(net, input_nhwc)?;
-        Ok((outputs, start.elapsed()))
-    }
-
     /// Per-layer wall times of one forward pass (see [`Program::profile`]).
     pub fn profile(
         &self,
@@ -122,11 +106,15 @@ impl FusedNets {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         self.programs[i]
             .profile(input_nhwc, &mut scratch[i])
-            .map_err(|e| NetError::InputSize {
-                net,
-                expected: e.expected,
-                got: e.got,
-            })
+            .map_err(|e| input_error(net, e))
+    }
+}
+
+fn input_error(net: Net, e: InputSizeError) -> NetError {
+    NetError::InputSize {
+        net,
+        expected: e.expected,
+        got: e.got,
     }
 }
 
@@ -137,10 +125,6 @@ impl NetRunner for FusedNets {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         self.programs[i]
             .run(input_nhwc, &mut scratch[i])
-            .map_err(|e| NetError::InputSize {
-                net,
-                expected: e.expected,
-                got: e.got,
-            })
+            .map_err(|e| input_error(net, e))
     }
 }
