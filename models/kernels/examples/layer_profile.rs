@@ -1,11 +1,13 @@
 //! Whole-run median and minimum of each net on the fused kernels, and with
 //! `VERBOSE=1` each layer's median (unsorted, run order), on a synthetic
 //! input: `cargo run -p holistream-kernels --example layer_profile [net|all]
-//! [iters]`. No burn, so it rebuilds in seconds while tuning the kernels.
+//! [iters]`; `ISA=portable|avx2+fma|avx512` picks the instruction set
+//! (default: the fastest this CPU has). No burn, so it rebuilds in seconds
+//! while tuning the kernels.
 
 use std::time::{Duration, Instant};
 
-use holistream_kernels::Program;
+use holistream_kernels::{Isa, Program};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -19,12 +21,20 @@ fn main() {
     let only = args.get(1).cloned();
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let isa = match std::env::var("ISA") {
+        Ok(name) => *Isa::available()
+            .iter()
+            .find(|isa| isa.name() == name)
+            .unwrap_or_else(|| panic!("ISA={name}: not one of this CPU's {:?}", Isa::available())),
+        Err(_) => Isa::detect(),
+    };
+    println!("instruction set: {}", isa.name());
     for net in nets {
         if only.as_deref().is_some_and(|o| o != "all" && o != net) {
             continue;
         }
         let bytes = std::fs::read(dir.join(format!("{net}.onnx"))).unwrap();
-        let program = Program::from_onnx(&bytes).unwrap();
+        let program = Program::from_onnx(&bytes).unwrap().with_isa(isa);
         let (h, w, c) = program.input_shape();
         let input: Vec<f32> = (0..h * w * c)
             .map(|i| ((i * 7919) % 255) as f32 / 255.0)

@@ -197,7 +197,7 @@ impl PackedMatrix {
 
     /// The packed rows of panel `p` and, when some were left out, which
     /// rows they are.
-    fn panel(&self, p: usize) -> (&[f32], Option<&[u32]>) {
+    pub(crate) fn panel(&self, p: usize) -> (&[f32], Option<&[u32]>) {
         let panel = &self.panels[p];
         let rows = panel.rows.as_ref().map_or(self.k, Vec::len);
         (
@@ -235,6 +235,15 @@ multiversion! {
         assert!(act.covers(b.n_padded()), "gemm: activation too short");
         if let Some(r) = residual {
             assert!(r.channels <= n && r.data.len() >= m * r.channels, "gemm: residual");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if WIDE {
+            // SAFETY: `WIDE` is true only in the instance `multiversion!`
+            // compiles with avx512f, avx2 and fma enabled, which runs only on
+            // CPUs that have them; the lengths `gemm_avx512` relies on were
+            // checked just above.
+            unsafe { gemm_avx512(a, m, lda, b, act, residual, out) };
+            return;
         }
         let mut row = 0;
         while row + MR <= m {
@@ -484,6 +493,248 @@ unsafe fn tile_avx2<const R: usize, const V: usize>(
     }
 }
 
+/// Rows (pixels) per AVX-512 GEMM tile. A tile spans two column panels (two
+/// 16-lane vectors), so 16 accumulators of the 32 vector registers: enough
+/// independent FMAs to keep both FMA pipes of a Zen 4/5 or Xeon core busy,
+/// with the broadcasts folded into the FMAs as memory operands.
+#[cfg(target_arch = "x86_64")]
+const MR512: usize = 8;
+
+/// [`gemm`] on AVX-512: the same sums in the same order as the AVX2 tiles
+/// (bias, then one FMA per `k` in order, then residual and activation), so
+/// results are bit-identical to them, on twice the vector width.
+///
+/// # Safety
+/// The CPU must support avx512f; the lengths `gemm` asserts must hold.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn gemm_avx512(
+    a: &[f32],
+    m: usize,
+    lda: usize,
+    b: &PackedMatrix,
+    act: &Activation,
+    residual: Option<Residual<'_>>,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let mut row = 0;
+        while row + MR512 <= m {
+            rows_avx512::<MR512>(a, row, lda, b, act, residual, out);
+            row += MR512;
+        }
+        match m - row {
+            0 => {}
+            1 => rows_avx512::<1>(a, row, lda, b, act, residual, out),
+            2 => rows_avx512::<2>(a, row, lda, b, act, residual, out),
+            3 => rows_avx512::<3>(a, row, lda, b, act, residual, out),
+            4 => rows_avx512::<4>(a, row, lda, b, act, residual, out),
+            5 => rows_avx512::<5>(a, row, lda, b, act, residual, out),
+            6 => rows_avx512::<6>(a, row, lda, b, act, residual, out),
+            7 => rows_avx512::<7>(a, row, lda, b, act, residual, out),
+            _ => unreachable!("fewer than MR512 rows remain"),
+        }
+    }
+}
+
+/// Rows `row..row + R` of [`gemm_avx512`]: column panels two at a time where
+/// both are dense, one at a time otherwise (a panel with pruned rows has its
+/// own row list).
+///
+/// # Safety
+/// As [`gemm_avx512`], and `row + R <= m`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows_avx512<const R: usize>(
+    a: &[f32],
+    row: usize,
+    lda: usize,
+    b: &PackedMatrix,
+    act: &Activation,
+    residual: Option<Residual<'_>>,
+    out: &mut [f32],
+) {
+    // SAFETY: `gemm` checked that rows `row..row + R` of `a` hold `k` floats,
+    // that `out` and the residual hold those rows; panels come from
+    // `PackedMatrix::panel` (a row of `NR` per row index) and the bias is
+    // padded to whole panels.
+    unsafe {
+        let (k, n) = (b.k, b.n);
+        let a_rows: [*const f32; R] = std::array::from_fn(|r| a.as_ptr().add((row + r) * lda));
+        let out = out.as_mut_ptr().add(row * n);
+        let residual = residual.map(|r| (r.data.as_ptr().add(row * r.channels), r.channels));
+        let panels = b.n_padded() / NR;
+        let mut p = 0;
+        while p < panels {
+            let (w0, rows0) = b.panel(p);
+            let tile = Tile512 {
+                act,
+                c0: p * NR,
+                n,
+                out,
+                residual,
+                bias: b.bias.as_ptr().add(p * NR),
+            };
+            if p + 1 < panels && rows0.is_none() {
+                let (w1, rows1) = b.panel(p + 1);
+                if rows1.is_none() {
+                    tile_avx512::<R, 2>(k, &a_rows, [w0.as_ptr(), w1.as_ptr()], None, &tile);
+                    p += 2;
+                    continue;
+                }
+            }
+            tile_avx512::<R, 1>(k, &a_rows, [w0.as_ptr()], rows0, &tile);
+            p += 1;
+        }
+    }
+}
+
+/// Where an AVX-512 GEMM tile's results go: as [`TileIo`], with the column
+/// count instead of the tile's valid columns (a tile may span two panels).
+#[cfg(target_arch = "x86_64")]
+struct Tile512<'a> {
+    act: &'a Activation,
+    /// First output column of the tile.
+    c0: usize,
+    /// Output columns (= row stride of `out`).
+    n: usize,
+    /// Row 0, column 0 of the output rows this tile writes.
+    out: *mut f32,
+    /// Row 0, column 0 of the residual, and its channel count (= row stride).
+    residual: Option<(*const f32, usize)>,
+    /// The padded bias at column `c0`.
+    bias: *const f32,
+}
+
+/// `R` rows by `V` panels (16 columns each) of the GEMM, accumulated in
+/// registers, with residual, activation and a masked store at the edge.
+///
+/// # Safety
+/// The CPU must support avx512f; each `w[v]` must hold a row of `NR` floats
+/// per row index (`k` rows, or those `rows` lists, each `< k`); each
+/// `a[r]` `k` floats; `tile.out` must be writable and the residual readable
+/// at rows `0..R` up to their column counts; the bias and PReLU slopes must
+/// cover `tile.c0 + V * NR`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_avx512<const R: usize, const V: usize>(
+    k: usize,
+    a: &[*const f32; R],
+    w: [*const f32; V],
+    rows: Option<&[u32]>,
+    tile: &Tile512<'_>,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the CPU feature and every range read or
+    // written below; columns past `n` (or past the residual's channels) are
+    // masked off.
+    unsafe {
+        let mut bias = [_mm512_setzero_ps(); V];
+        for v in 0..V {
+            bias[v] = _mm512_loadu_ps(tile.bias.add(v * NR));
+        }
+        let mut acc: [[__m512; V]; R] = [bias; R];
+        // A macro, not a closure: see `tile_avx2`.
+        macro_rules! step {
+            ($kk:expr, $i:expr) => {{
+                let (kk, i) = ($kk, $i);
+                let mut wv = [_mm512_setzero_ps(); V];
+                for v in 0..V {
+                    wv[v] = _mm512_loadu_ps(w[v].add(i * NR));
+                }
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a[r].add(kk));
+                    for v in 0..V {
+                        acc[r][v] = _mm512_fmadd_ps(av, wv[v], acc[r][v]);
+                    }
+                }
+            }};
+        }
+        match rows {
+            None => {
+                for kk in 0..k {
+                    step!(kk, kk);
+                }
+            }
+            Some(rows) => {
+                for (i, &kk) in rows.iter().enumerate() {
+                    step!(kk as usize, i);
+                }
+            }
+        }
+        for r in 0..R {
+            for v in 0..V {
+                let col = tile.c0 + v * NR;
+                let mut x = acc[r][v];
+                if let Some((res, channels)) = tile.residual {
+                    if col < channels {
+                        let mask = lane_mask16(channels - col);
+                        x = _mm512_add_ps(
+                            x,
+                            _mm512_maskz_loadu_ps(mask, res.add(r * channels + col)),
+                        );
+                    }
+                }
+                x = act_avx512(tile.act, x, col);
+                if col < tile.n {
+                    _mm512_mask_storeu_ps(
+                        tile.out.add(r * tile.n + col),
+                        lane_mask16(tile.n - col),
+                        x,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Lanes `0..count` (clamped to 16) set, as an AVX-512 mask.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lane_mask16(count: usize) -> std::arch::x86_64::__mmask16 {
+    if count >= 16 {
+        0xffff
+    } else {
+        ((1u32 << count) - 1) as u16
+    }
+}
+
+/// [`Activation::apply`] on one AVX-512 vector of channels `ch0..ch0 + 16`,
+/// with the same operations as [`act_avx2`] (so the same results).
+///
+/// # Safety
+/// The CPU must support avx512f; PReLU slopes must cover `ch0 + 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn act_avx512(
+    act: &Activation,
+    v: std::arch::x86_64::__m512,
+    ch0: usize,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: avx512f per the caller; the slope read is checked by slicing.
+    unsafe {
+        match act {
+            Activation::Identity => v,
+            Activation::Clamp { lo, hi } => {
+                _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(*lo)), _mm512_set1_ps(*hi))
+            }
+            Activation::PRelu(slopes) => {
+                let s = _mm512_loadu_ps(slopes[ch0..ch0 + NR].as_ptr());
+                let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
+                _mm512_mask_mul_ps(v, neg, v, s)
+            }
+            Activation::Sigmoid => {
+                let mut lanes = [0.0f32; NR];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+                act.apply(&mut lanes, ch0);
+                _mm512_loadu_ps(lanes.as_ptr())
+            }
+        }
+    }
+}
+
 /// Pixels per block of [`sparse_gemm`]: four AVX2 vectors, so each
 /// non-zero's index and broadcast are shared by four FMAs.
 const SP: usize = 32;
@@ -580,7 +831,7 @@ multiversion! {
                 // SAFETY: `FMA` is true only in the instances compiled with
                 // avx2 and fma, run only on CPUs that have them; the lengths
                 // `sparse_block_avx2` relies on were checked above.
-                unsafe { sparse_block_avx2(a, p0, rows, lda, b, act, residual, out, at, ot) };
+                unsafe { sparse_block_avx2::<WIDE>(a, p0, rows, lda, b, act, residual, out, at, ot) };
                 continue;
             }
             for c in 0..b.passes() {
@@ -665,15 +916,18 @@ unsafe fn transpose8(r: &mut [std::arch::x86_64::__m256; 8]) {
 }
 
 /// One block of [`sparse_gemm`] (pixels `p0..p0 + rows`, `rows <= 32`) with
-/// AVX2: 8x8 transposes in and out, four vectors of pixels per non-zero.
+/// AVX2: 8x8 transposes in and out, four vectors of pixels per non-zero
+/// (two AVX-512 vectors when `WIDE`: the same FMAs lane by lane, so the same
+/// results).
 ///
 /// # Safety
-/// The CPU must support avx2 and fma; the lengths `sparse_gemm` asserts
-/// must hold; `at` holds `32 * KC` floats, `ot` `32 * b.n`.
+/// The CPU must support avx2 and fma, and avx512f when `WIDE`; the lengths
+/// `sparse_gemm` asserts must hold; `at` holds `32 * KC` floats, `ot` `32 *
+/// b.n`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sparse_block_avx2(
+unsafe fn sparse_block_avx2<const WIDE: bool>(
     a: &[f32],
     p0: usize,
     rows: usize,
@@ -723,6 +977,10 @@ unsafe fn sparse_block_avx2(
             }
             // Per output channel: (bias or the previous passes) + this
             // pass's non-zeros times 32 pixels.
+            if WIDE {
+                sparse_pass_avx512(b, c, atp, otp);
+                continue;
+            }
             for j in 0..n {
                 let mut acc = [_mm256_set1_ps(b.bias[j]); SP / LANES];
                 if c > 0 {
@@ -787,6 +1045,46 @@ unsafe fn sparse_block_avx2(
                     x += res.data[(p0 + q) * res.channels + j];
                 }
                 *op.add((p0 + q) * n + j) = act.apply_one(x, j);
+            }
+        }
+    }
+}
+
+/// The accumulation of pass `c` of [`sparse_block_avx2`] on AVX-512: per
+/// output channel, two vectors of 16 pixels per non-zero.
+///
+/// # Safety
+/// The CPU must support avx512f; `at` must hold `32 * KC` floats and `ot`
+/// `32 * b.n`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn sparse_pass_avx512(b: &SparseMatrix, c: usize, atp: *const f32, otp: *mut f32) {
+    use std::arch::x86_64::*;
+    const V: usize = SP / 16;
+    let n = b.n;
+    // SAFETY: as `sparse_block_avx2`: pass-relative rows are `< KC`, so
+    // `at` reads stay below `32 * KC`; `ot` indices below `32 * n`.
+    unsafe {
+        for j in 0..n {
+            let mut acc = [_mm512_set1_ps(b.bias[j]); V];
+            if c > 0 {
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_loadu_ps(otp.add(j * SP + v * 16));
+                }
+            }
+            let (s, e) = (
+                b.starts[c * n + j] as usize,
+                b.starts[c * n + j + 1] as usize,
+            );
+            for i in s..e {
+                let kk = *b.rows.get_unchecked(i) as usize;
+                let w = _mm512_set1_ps(*b.values.get_unchecked(i));
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(atp.add(kk * SP + v * 16)), *acc);
+                }
+            }
+            for (v, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(otp.add(j * SP + v * 16), *acc);
             }
         }
     }

@@ -81,7 +81,9 @@ impl Isa {
 /// Defines `pub fn $name(isa: Isa, args...)` that runs `$body` compiled for the
 /// instruction set `isa` names. The body is generic over `const FMA: bool`
 /// (pass it on to [`kernels::fmadd`] and the `#[inline(always)]` helpers, so
-/// they are compiled inside each instance's target features).
+/// they are compiled inside each instance's target features) and `const
+/// WIDE: bool`, true in the AVX-512 instance only (kernels with a 512-bit
+/// variant branch on it; the others ignore it).
 macro_rules! multiversion {
     (
         $(#[$meta:meta])*
@@ -92,21 +94,21 @@ macro_rules! multiversion {
         $vis fn $name(isa: $crate::Isa, $($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn body<const FMA: bool>($($arg: $ty),*) $body
+            fn body<const FMA: bool, const WIDE: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             fn avx2($($arg: $ty),*) {
-                body::<true>($($arg),*)
+                body::<true, false>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             fn avx512($($arg: $ty),*) {
-                body::<true>($($arg),*)
+                body::<true, true>($($arg),*)
             }
             match isa.0 {
-                $crate::IsaKind::Portable => body::<false>($($arg),*),
+                $crate::IsaKind::Portable => body::<false, false>($($arg),*),
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: an `Isa` holding `Avx2Fma` is only built by
                 // `Isa::available` after detecting avx2 and fma on this CPU.

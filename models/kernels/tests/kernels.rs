@@ -105,6 +105,29 @@ fn naive_gemm(
 
 const CASES: usize = 60;
 
+/// The FMA instruction sets (AVX2, and AVX-512 with its wider tiles) add the
+/// same products in the same order, so they must agree bit for bit: a
+/// model's results then do not depend on which of them the CPU has.
+#[derive(Default)]
+struct FmaResult(Option<Vec<f32>>);
+
+impl FmaResult {
+    fn check(&mut self, isa: Isa, got: Vec<f32>, what: &str) {
+        if isa == Isa::PORTABLE {
+            return;
+        }
+        match &self.0 {
+            Some(first) => assert!(
+                got.iter()
+                    .zip(first)
+                    .all(|(g, f)| g.to_bits() == f.to_bits()),
+                "{what}: differs from the other FMA instruction set"
+            ),
+            None => self.0 = Some(got),
+        }
+    }
+}
+
 #[test]
 fn gemm_matches_naive_with_bias_residual_and_activation() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -142,12 +165,14 @@ fn gemm_matches_naive_with_bias_residual_and_activation() {
             residual,
             &mut portable,
         );
+        let mut fma_result = FmaResult::default();
         for isa in Isa::available() {
             let mut got = vec![f32::NAN; m * n];
             kernels::gemm(isa, &a, m, lda, &packed, &act, residual, &mut got);
             let what = format!("gemm case {case} m={m} k={k} n={n} [{}]", isa.name());
             assert_close(&got, &want, 1e-4, &what);
             assert_close(&got, &portable, 1e-5, &what);
+            fma_result.check(isa, got, &what);
         }
     }
 }
@@ -190,6 +215,7 @@ fn sparse_gemm_matches_naive() {
             &mut portable,
             &mut scratch,
         );
+        let mut fma_result = FmaResult::default();
         for isa in Isa::available() {
             let mut got = vec![f32::NAN; m * n];
             kernels::sparse_gemm(
@@ -206,6 +232,7 @@ fn sparse_gemm_matches_naive() {
             let what = format!("sparse_gemm case {case} m={m} k={k} n={n} [{}]", isa.name());
             assert_close(&got, &want, 1e-4, &what);
             assert_close(&got, &portable, 1e-5, &what);
+            fma_result.check(isa, got, &what);
         }
     }
 }
