@@ -1,17 +1,19 @@
 //! The six nets on our own fused NHWC CPU kernels (`holistream-kernels`),
 //! lowered at load time from the same committed ONNX files the generated burn
-//! code comes from (embedded in the binary, so no model path is needed).
+//! code comes from (embedded in the binary, so no model path is needed), and
+//! run as burn operations on the `flex` device ([`crate::burn_ext`]).
 //!
 //! The kernels work in TFLite's NHWC layout throughout, so unlike
 //! [`crate::BurnNets`] there is no layout change at the edges: the input is
 //! used as given and the outputs come back NHWC-flattened.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use holistream_kernels::program::InputSizeError;
-use holistream_kernels::{Isa, Program, Scratch};
+use burn::tensor::{Device, Tensor, TensorData};
+use holistream_kernels::{Isa, Program};
 
+use crate::burn_ext::{FusedNet, fused_forward};
 use crate::{Net, NetError, NetRunner};
 
 /// The ONNX bytes of each net, in [`Net::ALL`] order.
@@ -40,15 +42,13 @@ fn index(net: Net) -> usize {
 /// its own buffers.
 #[derive(Debug)]
 pub struct FusedNets {
-    programs: Arc<[Program; 6]>,
-    /// Per-net buffers, reused across frames. A mutex (uncontended: one
-    /// worker per instance) rather than a `RefCell`, so the runner is `Sync`.
-    scratch: Mutex<[Scratch; 6]>,
+    nets: [FusedNet; 6],
+    device: Device,
 }
 
 impl Clone for FusedNets {
     fn clone(&self) -> Self {
-        Self::with_programs(self.programs.clone())
+        Self::with_programs(std::array::from_fn(|i| self.nets[i].program().clone()))
     }
 }
 
@@ -69,29 +69,38 @@ impl FusedNets {
                     message: format!("input {:?}, expected {h}x{w}x3", program.input_shape()),
                 });
             }
-            programs.push(program);
+            programs.push(Arc::new(program));
         }
-        let programs: [Program; 6] = programs.try_into().map_err(|_| NetError::Load {
+        let programs: [Arc<Program>; 6] = programs.try_into().map_err(|_| NetError::Load {
             net: Net::PoseDetection,
             message: "six programs expected".into(),
         })?;
-        Ok(Self::with_programs(Arc::new(programs)))
+        Ok(Self::with_programs(programs))
     }
 
-    fn with_programs(programs: Arc<[Program; 6]>) -> Self {
-        let scratch = Mutex::new(std::array::from_fn(|i| programs[i].scratch()));
-        Self { programs, scratch }
+    fn with_programs(programs: [Arc<Program>; 6]) -> Self {
+        Self {
+            nets: programs.map(FusedNet::new),
+            device: Device::flex(),
+        }
     }
 
     /// The same nets on instruction set `isa` (tests compare them).
     pub fn with_isa(&self, isa: Isa) -> Self {
-        let programs = std::array::from_fn(|i| self.programs[i].clone().with_isa(isa));
-        Self::with_programs(Arc::new(programs))
+        Self::with_programs(std::array::from_fn(|i| {
+            Arc::new(self.nets[i].program().as_ref().clone().with_isa(isa))
+        }))
     }
 
     /// The instruction set the kernels run on.
     pub fn isa(&self) -> Isa {
-        self.programs[0].isa()
+        self.nets[0].program().isa()
+    }
+
+    /// One net, for burn callers: [`crate::burn_ext::fused_forward`] runs it
+    /// on a flex tensor.
+    pub fn net(&self, net: Net) -> &FusedNet {
+        &self.nets[index(net)]
     }
 
     /// Per-layer wall times of one forward pass (see [`Program::profile`]).
@@ -100,31 +109,54 @@ impl FusedNets {
         net: Net,
         input_nhwc: &[f32],
     ) -> Result<Vec<(String, Duration)>, NetError> {
-        let i = index(net);
-        // A panic while holding the lock cannot leave the buffers in a state
-        // that matters: every run overwrites what it reads.
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.programs[i]
-            .profile(input_nhwc, &mut scratch[i])
-            .map_err(|e| input_error(net, e))
+        let fused = self.net(net);
+        check_len(net, fused, input_nhwc)?;
+        let mut scratch = fused.scratch();
+        fused
+            .program()
+            .profile(input_nhwc, &mut scratch)
+            .map_err(|e| NetError::InputSize {
+                net,
+                expected: e.expected,
+                got: e.got,
+            })
     }
 }
 
-fn input_error(net: Net, e: InputSizeError) -> NetError {
-    NetError::InputSize {
-        net,
-        expected: e.expected,
-        got: e.got,
+fn check_len(net: Net, fused: &FusedNet, input: &[f32]) -> Result<(), NetError> {
+    if input.len() == fused.input_len() {
+        Ok(())
+    } else {
+        Err(NetError::InputSize {
+            net,
+            expected: fused.input_len(),
+            got: input.len(),
+        })
     }
 }
 
 impl NetRunner for FusedNets {
+    /// Through burn: the input becomes a flex tensor, the net one burn
+    /// operation ([`fused_forward`]), the outputs flex tensors read back.
     fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError> {
-        let i = index(net);
-        // See `profile` on why a poisoned lock is still usable.
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.programs[i]
-            .run(input_nhwc, &mut scratch[i])
-            .map_err(|e| input_error(net, e))
+        let fused = self.net(net);
+        check_len(net, fused, input_nhwc)?;
+        let (h, w, c) = fused.program().input_shape();
+        let input = Tensor::<4>::from_data(
+            TensorData::new(input_nhwc.to_vec(), [1, h, w, c]),
+            &self.device,
+        );
+        let outputs = fused_forward(fused, input).map_err(|e| NetError::Backend(e.to_string()))?;
+        outputs
+            .into_iter()
+            .map(|t| {
+                t.into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| NetError::Output {
+                        net,
+                        message: format!("{e:?}"),
+                    })
+            })
+            .collect()
     }
 }

@@ -4,7 +4,8 @@
 //! [`BurnNets`] wraps them behind [`NetRunner`], the one small interface the
 //! pipeline sees. [`FusedNets`] runs the same ONNX files on our own fused NHWC
 //! CPU kernels (`holistream-kernels`, several times faster than burn's `flex`
-//! on these nets); [`Backend`] picks one.
+//! on these nets), each net one burn operation on the `flex` device
+//! ([`burn_ext`], a backend extension); [`Backend`] picks one.
 //!
 //! Contract of [`NetRunner::run`]: the input is one image in NHWC layout
 //! (`height * width * 3` floats, already normalised as the model expects), the
@@ -155,6 +156,7 @@ impl std::str::FromStr for Backend {
     }
 }
 
+pub mod burn_ext;
 mod burn_nets;
 mod fused_nets;
 pub mod generated;

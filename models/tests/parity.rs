@@ -200,3 +200,40 @@ fn wrong_input_length_is_a_clear_error() {
     );
     assert!(fused.run(Net::HandLandmark, &[]).is_err());
 }
+
+/// The fused kernels as a burn operation (`burn_ext`): a flex tensor in, flex
+/// tensors out, equal to the slice path; a strided view (an NCHW tensor
+/// permuted to NHWC, as a burn caller holding NCHW would pass) gives the
+/// same outputs; a wrong shape is an error, not a panic.
+#[test]
+fn the_fused_burn_operation_takes_flex_tensors() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use holistream_nets::burn_ext::{FusedForwardError, fused_forward};
+
+    let fused = FusedNets::load().unwrap();
+    let net = Net::FaceDetection;
+    let input = fixture_input(net, &read_meta(net));
+    let want = fused.run(net, &input).unwrap();
+    let (h, w) = net.input_size();
+    let device = Device::flex();
+
+    let nhwc = Tensor::<4>::from_data(TensorData::new(input.clone(), [1, h, w, 3]), &device);
+    let nchw = nhwc.clone().permute([0, 3, 1, 2]);
+    for (what, tensor) in [
+        ("contiguous", nhwc),
+        ("strided", nchw.permute([0, 2, 3, 1])),
+    ] {
+        let got: Vec<Vec<f32>> = fused_forward(fused.net(net), tensor)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.into_data().try_into_vec::<f32>().unwrap())
+            .collect();
+        assert_eq!(got, want, "{what} input");
+    }
+
+    let wrong = Tensor::<4>::from_data(TensorData::new(input, [1, w, 3, h]), &device);
+    assert!(matches!(
+        fused_forward(fused.net(net), wrong),
+        Err(FusedForwardError::Shape { .. })
+    ));
+}
