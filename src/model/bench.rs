@@ -95,6 +95,88 @@ impl MediaPipeTimes {
         serde_json::from_str(line).map_err(|e| format!("reading MediaPipe's times ({e}): {line}"))
     }
 
+    /// Frames per second of `workers` MediaPipe processes (one Holistic
+    /// each), each processing `frames` frames cycling through `images` in
+    /// `mode`, started together once all have loaded; the span is from the
+    /// first start to the last end, on the wall clock the processes share.
+    pub fn measure_throughput(
+        python: &std::path::Path,
+        images: &[std::path::PathBuf],
+        workers: usize,
+        frames: usize,
+        mode: Mode,
+    ) -> Result<f64, String> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
+        let mode_arg = match mode {
+            Mode::Static => "static",
+            Mode::Tracking => "tracking",
+        };
+        let mut children = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let child = Command::new(python)
+                .arg("-c")
+                .arg(MEDIAPIPE_BENCH_PY)
+                .args(["throughput", mode_arg, &frames.to_string()])
+                .args(images)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("running {}: {e}", python.display()))?;
+            children.push(child);
+        }
+        // Wait until every process has loaded its graph and run a warm-up
+        // frame, then start them all.
+        let mut readers = Vec::with_capacity(workers);
+        for child in &mut children {
+            let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .map_err(|e| format!("reading from {}: {e}", python.display()))?;
+            if line.trim() != "ready" {
+                return Err(format!(
+                    "{} did not start (said {line:?}; is mediapipe==0.10.14 installed?)",
+                    python.display()
+                ));
+            }
+            readers.push(reader);
+        }
+        for child in &mut children {
+            let stdin = child.stdin.as_mut().expect("piped stdin");
+            stdin
+                .write_all(b"go\n")
+                .and_then(|()| stdin.flush())
+                .map_err(|e| format!("starting {}: {e}", python.display()))?;
+        }
+        #[derive(serde::Deserialize)]
+        struct Span {
+            start: f64,
+            end: f64,
+            frames: usize,
+        }
+        let (mut start, mut end, mut total) = (f64::INFINITY, f64::NEG_INFINITY, 0);
+        for (mut child, mut reader) in children.into_iter().zip(readers) {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .map_err(|e| format!("reading from {}: {e}", python.display()))?;
+            let status = child
+                .wait()
+                .map_err(|e| format!("waiting for {}: {e}", python.display()))?;
+            if !status.success() {
+                return Err(format!("{} failed ({status})", python.display()));
+            }
+            let span: Span = serde_json::from_str(line.trim())
+                .map_err(|e| format!("reading MediaPipe's span ({e}): {line}"))?;
+            start = start.min(span.start);
+            end = end.max(span.end);
+            total += span.frames;
+        }
+        Ok(total as f64 / (end - start))
+    }
+
     /// MediaPipe's forward time of `net`, if known.
     pub fn net_ms(&self, net: Net) -> Option<f64> {
         self.nets.get(net.name()).copied()
@@ -331,6 +413,9 @@ pub struct Comparison {
     pub cores: usize,
     /// What the ratios compare with.
     pub mediapipe: MediaPipeTimes,
+    /// MediaPipe's throughput measured in the same run (`--mediapipe`):
+    /// workers (processes), mode, frames per second.
+    pub mediapipe_throughput: Vec<(usize, Mode, f64)>,
 }
 
 impl Comparison {
@@ -423,25 +508,49 @@ impl std::fmt::Display for Comparison {
             )?;
             writeln!(
                 f,
-                "{:<8} {:>8} {:>9} {:>8}",
+                "{:<9} {:>7} {:>9} {:>8}",
                 "nets", "workers", "mode", "fps"
             )?;
-            for row in &self.throughput {
+            let rows = self
+                .throughput
+                .iter()
+                .map(|r| (r.backend.name(), r.workers, r.mode, r.fps))
+                .chain(
+                    self.mediapipe_throughput
+                        .iter()
+                        .map(|&(workers, mode, fps)| ("mediapipe", workers, mode, fps)),
+                );
+            for (name, workers, mode, fps) in rows {
+                let vs_mp = self
+                    .mediapipe_throughput
+                    .iter()
+                    .find(|&&(w, m, _)| w == workers && m == mode)
+                    .filter(|_| name != "mediapipe")
+                    .map_or(String::new(), |&(_, _, mp_fps)| {
+                        format!(" {:>6.2}x MediaPipe's", fps / mp_fps)
+                    });
                 writeln!(
                     f,
-                    "{:<8} {:>8} {:>9} {:>8.1}",
-                    row.backend.name(),
-                    row.workers,
-                    format!("{:?}", row.mode).to_lowercase(),
-                    row.fps
+                    "{:<9} {:>7} {:>9} {:>8.1}{vs_mp}",
+                    name,
+                    workers,
+                    format!("{mode:?}").to_lowercase(),
+                    fps
                 )?;
             }
-            write!(
-                f,
-                "MediaPipe, one process per core, from its single-thread frame times above: {:.1} fps static, {:.1} fps tracking",
-                self.cores as f64 * 1000.0 / mp.static_ms,
-                self.cores as f64 * 1000.0 / mp.tracking_ms
-            )?;
+            if self.mediapipe_throughput.is_empty() {
+                write!(
+                    f,
+                    "MediaPipe not run (--mediapipe): one process per core, from the reference frame times, would give {:.1} fps static, {:.1} fps tracking",
+                    self.cores as f64 * 1000.0 / mp.static_ms,
+                    self.cores as f64 * 1000.0 / mp.tracking_ms
+                )?;
+            } else {
+                write!(
+                    f,
+                    "mediapipe rows: one Python process per worker, each with its own Holistic"
+                )?;
+            }
         }
         Ok(())
     }

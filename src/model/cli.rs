@@ -198,6 +198,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         throughput: Vec::new(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         mediapipe,
+        mediapipe_throughput: Vec::new(),
     };
     for &backend in &args.nets {
         let holistic = Holistic::load(backend)
@@ -223,6 +224,21 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                         mode,
                         fps,
                     });
+                }
+            }
+        }
+        if let Some(python) = &args.mediapipe {
+            for &n in &workers {
+                for mode in [Mode::Static, Mode::Tracking] {
+                    let fps = bench::MediaPipeTimes::measure_throughput(
+                        python,
+                        &paths,
+                        n,
+                        args.throughput_frames,
+                        mode,
+                    )
+                    .map_err(|e| anyhow::anyhow!("measuring MediaPipe's throughput: {e}"))?;
+                    comparison.mediapipe_throughput.push((n, mode, fps));
                 }
             }
         }

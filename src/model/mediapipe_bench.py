@@ -5,6 +5,13 @@ per-net rows, ai-edge-litert or tflite-runtime): times MediaPipe Holistic per
 frame in static and in tracking mode on the same images, and each net's
 forward pass with the TFLite interpreter (XNNPACK, one thread), and prints
 one JSON object. Usage: python mediapipe_bench.py ITERS IMAGE...
+
+Throughput: python mediapipe_bench.py throughput static|tracking FRAMES
+IMAGE... loads one Holistic, runs a warm-up frame, prints "ready", waits for
+a line on stdin (the bench starts all its processes together this way), then
+processes FRAMES frames cycling through the images and prints one JSON
+object with its wall-clock start and end (time.time(), shared by the
+processes) and the frame count.
 """
 import json
 import os
@@ -16,13 +23,40 @@ import cv2
 import mediapipe as mp
 import numpy as np
 
+
+def read_frames(paths):
+    frames = []
+    for path in paths:
+        bgr = cv2.imread(path)
+        if bgr is None:
+            sys.exit(f"cannot read {path}")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return frames
+
+
+def holistic(static):
+    return mp.solutions.holistic.Holistic(
+        static_image_mode=static, model_complexity=1, refine_face_landmarks=False
+    )
+
+
+if sys.argv[1] == "throughput":
+    static = {"static": True, "tracking": False}[sys.argv[2]]
+    count = int(sys.argv[3])
+    frames = read_frames(sys.argv[4:])
+    with holistic(static) as h:
+        h.process(frames[0])
+        print("ready", flush=True)
+        sys.stdin.readline()
+        start = time.time()
+        for i in range(count):
+            h.process(frames[i % len(frames)])
+        end = time.time()
+    print(json.dumps({"start": start, "end": end, "frames": count}), flush=True)
+    sys.exit(0)
+
 iters = int(sys.argv[1])
-frames = []
-for path in sys.argv[2:]:
-    bgr = cv2.imread(path)
-    if bgr is None:
-        sys.exit(f"cannot read {path}")
-    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+frames = read_frames(sys.argv[2:])
 
 
 def frame_ms(static):
@@ -30,13 +64,11 @@ def frame_ms(static):
     # tracking mode each image is a still video (a fresh graph per image).
     times = []
     for img in frames:
-        with mp.solutions.holistic.Holistic(
-            static_image_mode=static, model_complexity=1, refine_face_landmarks=False
-        ) as holistic:
-            holistic.process(img)
+        with holistic(static) as h:
+            h.process(img)
             for _ in range(iters):
                 t = time.perf_counter()
-                holistic.process(img)
+                h.process(img)
                 times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 
