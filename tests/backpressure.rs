@@ -32,6 +32,10 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
     // client, by a known factor).
     let mut service = Vec::new();
     for seq in 0..5 {
+        // Paced at the session's cap: a fast machine answers a frame in less
+        // than 1/60 s, and a frame sent sooner would be dropped by the cap
+        // (counted, not answered).
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         let sent = Instant::now();
         send(&mut conn, frame(seq, 0.0, &jpeg)).await;
         let r = next_answer(&mut conn, Duration::from_secs(30)).await;

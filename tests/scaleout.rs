@@ -627,7 +627,11 @@ async fn a_burst_is_trimmed_not_queued() {
                     "a trimmed job gives its state back"
                 );
             }
-            Err(other) => panic!("job {} answered {other:?}", done.seq),
+            Err(other) => panic!(
+                "job {} answered {other:?}; worker log:\n{}",
+                done.seq,
+                worker.log_text()
+            ),
         }
     }
     assert_eq!(results + trimmed, BURST as usize);

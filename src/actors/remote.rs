@@ -510,6 +510,9 @@ struct WaitingJob {
     /// A copy of the session's state, handed back when the job fails.
     tracking: TrackingState,
     reply: oneshot::Sender<FrameDone>,
+    /// When a sweep first found the entry behind the workers' read position,
+    /// gone from the stream and held by no worker (see [`judge`]).
+    unheld_since: Option<Instant>,
 }
 
 impl WaitingJob {
@@ -733,6 +736,7 @@ impl RemotePool {
                 entry: None,
                 tracking: frame.tracking,
                 reply: tx,
+                unheld_since: None,
             };
             if cancelled {
                 waiting.answer_failure(FrameFailure::Unavailable);
@@ -947,42 +951,64 @@ async fn sweep(shared: Arc<Shared>, mut redis: ConnectionManager, shutdown: Canc
         }
         // Only jobs whose XADD returned before the stream is read are judged:
         // a job added after the read would look trimmed (not in the stream).
-        let candidates: Vec<(u64, Option<EntryId>, Instant)> = shared
-            .waiting
-            .lock()
-            .iter()
-            .map(|(&job, w)| (job, w.entry, w.deadline))
-            .collect();
+        let candidates: Vec<u64> = shared.waiting.lock().keys().copied().collect();
         if candidates.is_empty() {
             continue;
         }
         // Where the group stands: entries up to `last_delivered` went to a
-        // worker; undelivered entries older than the stream's first one were
-        // trimmed. Without an answer from Redis only the clock rules apply.
+        // worker or were skipped; undelivered entries older than the
+        // stream's first one were trimmed. Without an answer from Redis only
+        // the clock rules apply.
         let view = stream_view(&mut redis).await;
         let now = Instant::now();
-        let mut verdicts = Vec::new();
-        for (job, entry, deadline) in candidates {
-            let verdict = match (entry, &view) {
-                (Some(id), Some(v)) if id > v.last_delivered => {
-                    if v.first.is_none_or(|first| id < first) {
-                        Some(FrameFailure::Overloaded)
-                    } else if now > deadline {
-                        Some(FrameFailure::Expired)
-                    } else {
-                        None
-                    }
-                }
-                _ if now > deadline + reply_timeout => Some(FrameFailure::Lost),
-                _ => None,
-            };
-            if let Some(v) = verdict {
-                verdicts.push((job, v));
-            }
-        }
+        let verdicts: Vec<(u64, FrameFailure)> = {
+            let mut waiting = shared.waiting.lock();
+            candidates
+                .into_iter()
+                .filter_map(|job| {
+                    let w = waiting.get_mut(&job)?;
+                    judge(w, view.as_ref(), now, reply_timeout).map(|v| (job, v))
+                })
+                .collect()
+        };
         for (job, failure) in verdicts {
             shared.fail(job, failure);
         }
+    }
+}
+
+/// How long a job may stay unanswered once its entry is behind the
+/// workers' read position, gone from the stream and held by no worker. Such
+/// a job was either answered (the worker writes the result in the same
+/// `MULTI` as its `XACK`, so the result is already in our stream and its
+/// reader is about to see it) or trimmed before any worker reached it
+/// (workers read on past it); past this it was the latter.
+const UNHELD_GRACE: Duration = Duration::from_millis(250);
+
+/// What a sweep makes of one waiting job, given the jobs stream's state.
+fn judge(
+    w: &mut WaitingJob,
+    view: Option<&StreamView>,
+    now: Instant,
+    reply_timeout: Duration,
+) -> Option<FrameFailure> {
+    let trimmed = |v: &StreamView, id: EntryId| v.first.is_none_or(|first| id < first);
+    match (w.entry, view) {
+        (Some(id), Some(v)) if id > v.last_delivered => {
+            if trimmed(v, id) {
+                Some(FrameFailure::Overloaded)
+            } else if now > w.deadline {
+                Some(FrameFailure::Expired)
+            } else {
+                None
+            }
+        }
+        (Some(id), Some(v)) if trimmed(v, id) && !v.pending.contains(&id) => {
+            let since = *w.unheld_since.get_or_insert(now);
+            (now.duration_since(since) >= UNHELD_GRACE).then_some(FrameFailure::Overloaded)
+        }
+        _ if now > w.deadline + reply_timeout => Some(FrameFailure::Lost),
+        _ => None,
     }
 }
 
@@ -990,12 +1016,15 @@ async fn sweep(shared: Arc<Shared>, mut redis: ConnectionManager, shutdown: Canc
 struct StreamView {
     last_delivered: EntryId,
     first: Option<EntryId>,
+    /// Entries delivered to a worker and not yet acknowledged.
+    pending: std::collections::HashSet<EntryId>,
 }
 
 async fn stream_view(redis: &mut ConnectionManager) -> Option<StreamView> {
-    let (groups, first): (
+    let (groups, first, pending): (
         redis::streams::StreamInfoGroupsReply,
         redis::streams::StreamRangeReply,
+        redis::streams::StreamPendingCountReply,
     ) = redis::pipe()
         .cmd("XINFO")
         .arg("GROUPS")
@@ -1006,6 +1035,13 @@ async fn stream_view(redis: &mut ConnectionManager) -> Option<StreamView> {
         .arg("+")
         .arg("COUNT")
         .arg(1)
+        // Workers hold one job per thread: the whole list is short.
+        .cmd("XPENDING")
+        .arg(JOBS_STREAM)
+        .arg(WORKERS_GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(MAX_PENDING_READ)
         .query_async(redis)
         .await
         .map_err(|e| tracing::debug!(error = %e, "reading the jobs stream's state failed"))
@@ -1014,8 +1050,16 @@ async fn stream_view(redis: &mut ConnectionManager) -> Option<StreamView> {
     Some(StreamView {
         last_delivered: group.last_delivered_id.parse().ok()?,
         first: first.ids.first().and_then(|e| e.id.parse().ok()),
+        pending: pending
+            .ids
+            .iter()
+            .filter_map(|p| p.id.parse().ok())
+            .collect(),
     })
 }
+
+/// Pending entries a sweep reads (far more than all workers' threads).
+const MAX_PENDING_READ: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -1030,6 +1074,63 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    fn waiting_job(deadline: Instant, entry: EntryId) -> WaitingJob {
+        WaitingJob {
+            seq: 1,
+            capture_ts: 0.0,
+            arrived: Instant::now(),
+            deadline,
+            entry: Some(entry),
+            tracking: TrackingState::default(),
+            reply: oneshot::channel().0,
+            unheld_since: None,
+        }
+    }
+
+    /// A burst: workers read past entries that were trimmed before any
+    /// worker reached them. Such a job is answered overloaded (after the
+    /// grace that lets a real answer arrive), not left to be declared lost
+    /// at its deadline; a job a worker holds is left alone.
+    #[test]
+    fn a_trimmed_job_behind_the_read_position_is_overloaded_not_lost() {
+        let id = |ms: u64| EntryId { ms, seq: 0 };
+        let view = StreamView {
+            last_delivered: id(40),
+            first: Some(id(36)),
+            pending: [id(35)].into_iter().collect(),
+        };
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(20);
+        let timeout = Duration::from_secs(5);
+
+        let mut skipped = waiting_job(deadline, id(2));
+        assert_eq!(judge(&mut skipped, Some(&view), t0, timeout), None);
+        assert_eq!(
+            judge(&mut skipped, Some(&view), t0 + UNHELD_GRACE, timeout),
+            Some(FrameFailure::Overloaded)
+        );
+
+        let mut held = waiting_job(deadline, id(35));
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(judge(&mut held, Some(&view), later, timeout), None);
+        assert_eq!(
+            judge(&mut held, Some(&view), deadline + timeout * 2, timeout),
+            Some(FrameFailure::Lost)
+        );
+
+        // Still in the stream and not yet read: trimmed only once gone.
+        let mut queued = waiting_job(deadline, id(41));
+        assert_eq!(judge(&mut queued, Some(&view), later, timeout), None);
+        let trimmed_view = StreamView {
+            first: Some(id(42)),
+            ..view
+        };
+        assert_eq!(
+            judge(&mut queued, Some(&trimmed_view), later, timeout),
+            Some(FrameFailure::Overloaded)
+        );
     }
 
     #[test]
