@@ -163,4 +163,4 @@ pub mod generated;
 
 pub use burn_nets::{BurnNets, preferred_device};
 pub use fused_nets::FusedNets;
-pub use holistream_kernels::Isa;
+pub use holistream_kernels::{Isa, warp};

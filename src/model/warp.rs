@@ -15,6 +15,8 @@
 //! caller-owned buffer.
 
 use super::geometry::{NormRect, Padding};
+use holistream_nets::Isa;
+use holistream_nets::warp::{RgbSource, Warp, WarpBorder, warp_perspective};
 use image::RgbImage;
 
 /// What happens to samples that fall outside the image.
@@ -93,12 +95,6 @@ pub enum WarpError {
     #[error("image has zero size")]
     EmptyImage,
 }
-
-/// OpenCV's INTER_BITS: source coordinates are quantised to 1/32 px.
-const INTER_BITS: u32 = 5;
-const INTER_TAB_SIZE: i64 = 1 << INTER_BITS;
-/// OpenCV's INTER_REMAP_COEF_BITS: bilinear weights are integers summing to 2^15.
-const COEF_BITS: u32 = 15;
 
 /// Warps `rect` of `image` (or the whole image when `rect` is `None`) into
 /// `out` as a `size × size × 3` NHWC tensor; `out` is resized, not reallocated
@@ -315,139 +311,37 @@ fn warp(
     let m = opencv_source_matrix(roi, t).ok_or(WarpError::EmptyRoi)?;
     out.clear();
     out.resize(t * t * 3, 0.0);
-    let (iw, ih) = (image.width() as i64, image.height() as i64);
-    let src = image.as_raw();
-    let stride = iw as usize * 3;
-    let bw = block_width(t);
-
     let scale = (spec.range.max - spec.range.min) / 255.0;
     let offset = spec.range.min;
     let lut: [f32; 256] = std::array::from_fn(|v| v as f32 * scale + offset);
-    let zero = matches!(spec.border, Border::Zero);
-    let mask = INTER_TAB_SIZE - 1;
-    let full = 1i64 << COEF_BITS;
-    let half = 1i64 << (COEF_BITS - 1);
-
-    for j in 0..t {
-        let out_row = &mut out[j * t * 3..(j + 1) * t * 3];
-        let (mut x0, mut y0, mut w0) = (0.0, 0.0, 0.0);
-        for i in 0..t {
-            // WarpPerspectiveInvoker: per block row, X0/Y0/W0 at the block's
-            // first column, then (X0 + M0·x1)·(32 / (W0 + M6·x1)) rounded by
-            // cvRound after clamping to the int range; the integer part is
-            // saturated to i16 (the XY map is CV_16SC2).
-            let x1 = (i % bw) as f64;
-            if i % bw == 0 {
-                let (xb, y) = (i as f64, j as f64);
-                x0 = m[0] * xb + m[1] * y + m[2];
-                y0 = m[3] * xb + m[4] * y + m[5];
-                w0 = m[6] * xb + m[7] * y + m[8];
-            }
-            let wq = w0 + m[6] * x1;
-            let wq = if wq != 0.0 {
-                INTER_TAB_SIZE as f64 / wq
-            } else {
-                0.0
-            };
-            let xq = round_half_even(clamp_int((x0 + m[0] * x1) * wq));
-            let yq = round_half_even(clamp_int((y0 + m[3] * x1) * wq));
-            let sx = (xq >> INTER_BITS).clamp(i16::MIN as i64, i16::MAX as i64);
-            let sy = (yq >> INTER_BITS).clamp(i16::MIN as i64, i16::MAX as i64);
-            let (ax, ay) = (xq & mask, yq & mask);
-            // Weights: products of (32 − a) and a, times 2^15 / 2^10 = 32, exact.
-            let w00 = (INTER_TAB_SIZE - ax) * (INTER_TAB_SIZE - ay) * 32;
-            let w01 = ax * (INTER_TAB_SIZE - ay) * 32;
-            let w10 = (INTER_TAB_SIZE - ax) * ay * 32;
-            let w11 = ax * ay * 32;
-            debug_assert_eq!(w00 + w01 + w10 + w11, full);
-            let px = &mut out_row[i * 3..i * 3 + 3];
-            if sx >= 0 && sy >= 0 && sx + 1 < iw && sy + 1 < ih {
-                // Fast path: all four neighbours inside.
-                let o = sy as usize * stride + sx as usize * 3;
-                let (r0, r1) = (&src[o..o + 6], &src[o + stride..o + stride + 6]);
-                for ch in 0..3 {
-                    let v = r0[ch] as i64 * w00
-                        + r0[3 + ch] as i64 * w01
-                        + r1[ch] as i64 * w10
-                        + r1[3 + ch] as i64 * w11;
-                    px[ch] = lut[((v + half) >> COEF_BITS).clamp(0, 255) as usize];
-                }
-            } else if zero && (sx >= iw || sy >= ih || sx + 1 < 0 || sy + 1 < 0) {
-                px.copy_from_slice(&[lut[0]; 3]);
-            } else {
-                let fetch = |x: i64, y: i64| -> Option<usize> {
-                    if zero {
-                        (x >= 0 && y >= 0 && x < iw && y < ih)
-                            .then(|| y as usize * stride + x as usize * 3)
-                    } else {
-                        Some(y.clamp(0, ih - 1) as usize * stride + x.clamp(0, iw - 1) as usize * 3)
-                    }
-                };
-                let corners = [
-                    (fetch(sx, sy), w00),
-                    (fetch(sx + 1, sy), w01),
-                    (fetch(sx, sy + 1), w10),
-                    (fetch(sx + 1, sy + 1), w11),
-                ];
-                for ch in 0..3 {
-                    let v: i64 = corners
-                        .iter()
-                        .map(|&(o, wt)| o.map_or(0, |o| src[o + ch] as i64) * wt)
-                        .sum();
-                    px[ch] = lut[((v + half) >> COEF_BITS).clamp(0, 255) as usize];
-                }
-            }
-        }
-    }
+    let src = RgbSource {
+        data: image.as_raw(),
+        width: image.width() as usize,
+        height: image.height() as usize,
+    };
+    let warp = Warp {
+        matrix: &m,
+        size: t,
+        block: block_width(t),
+        border: match spec.border {
+            Border::Zero => WarpBorder::Zero,
+            Border::Replicate => WarpBorder::Replicate,
+        },
+        lut: &lut,
+    };
+    // The pixel loops live in the kernels crate: compiled with full
+    // optimisation and for this CPU's vector width (the coordinates vectorize).
+    WARP_COORDS.with_borrow_mut(|coords| warp_perspective(Isa::detect(), &src, &warp, out, coords));
     Ok(())
 }
 
-/// `std::max(INT_MIN, std::min(INT_MAX, v))` as WarpPerspectiveInvoker writes
-/// it (a NaN becomes INT_MAX, as there).
-#[inline(always)]
-fn clamp_int(v: f64) -> f64 {
-    let hi = if (i32::MAX as f64) < v {
-        i32::MAX as f64
-    } else if v.is_nan() {
-        i32::MAX as f64
-    } else {
-        v
-    };
-    if hi < i32::MIN as f64 {
-        i32::MIN as f64
-    } else {
-        hi
-    }
-}
-
-/// OpenCV's `saturate_cast<int>(double)` (cvRound): round half to even.
-/// Adding and subtracting 1.5·2^52 makes the FPU round in its default
-/// nearest-even mode; unlike `f64::round_ties_even` this needs no SSE4.1 and
-/// no libm call, which matters in the per-pixel loop. Exact for |v| < 2^51;
-/// crop coordinates (×32) are far below that, and larger ones saturate.
-#[inline(always)]
-fn round_half_even(v: f64) -> i64 {
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
-    if v.abs() < 2f64.powi(50) {
-        ((v + MAGIC) - MAGIC) as i64
-    } else {
-        v.clamp(i32::MIN as f64, i32::MAX as f64) as i64
-    }
+thread_local! {
+    /// One row of source coordinates, reused across crops.
+    static WARP_COORDS: std::cell::RefCell<Vec<[i32; 2]>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn rounding_is_half_to_even_like_cv_round() {
-        use super::round_half_even as r;
-        assert_eq!(
-            [r(0.5), r(1.5), r(2.5), r(-0.5), r(-1.5), r(2.4), r(-2.6)],
-            [0, 2, 2, 0, -2, 2, -3]
-        );
-        assert_eq!(r(1e300), i32::MAX as i64);
-        assert_eq!(r(f64::NAN), 0);
-    }
-
     use super::*;
     use image::Rgb;
 

@@ -9,6 +9,7 @@
 //! - [`kernels`]: the layers themselves: pointwise/dense convolution as a
 //!   register-blocked GEMM with bias, residual add and activation fused;
 //!   depthwise KxK; max-pool; bilinear resize; depth-to-space; global average.
+//! - [`warp`]: the nets' input crops, OpenCV's `warpPerspective` bit for bit.
 //!
 //! Every kernel is written once as plain Rust over fixed-size lanes that LLVM
 //! vectorizes, and compiled several times: portable, AVX2+FMA and AVX-512
@@ -18,6 +19,7 @@
 pub mod kernels;
 pub mod onnx;
 pub mod program;
+pub mod warp;
 
 pub use program::{LowerError, Program, Scratch};
 
