@@ -318,12 +318,14 @@ fn depthwise_matches_naive() {
             PackedDepthwise::pack(c, win.kh, win.kw, |ch, ky, kx| wt(ch, 0, ky, kx), &bias);
         let mut portable = vec![f32::NAN; want.len()];
         kernels::depthwise(Isa::PORTABLE, &input, &win, &packed, &act, &mut portable);
+        let mut fma_result = FmaResult::default();
         for isa in Isa::available() {
             let mut got = vec![f32::NAN; want.len()];
             kernels::depthwise(isa, &input, &win, &packed, &act, &mut got);
             let what = format!("depthwise case {case} {win:?} c={c} [{}]", isa.name());
             assert_close(&got, &want, 1e-4, &what);
             assert_close(&got, &portable, 1e-5, &what);
+            fma_result.check(isa, got, &what);
         }
     }
 }
