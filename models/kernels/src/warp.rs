@@ -173,11 +173,12 @@ mod tests {
         assert_eq!(r(f64::NAN), i32::MAX);
     }
 
-    /// Every instruction set gives the same bytes: a rotated, scaled,
-    /// perspective crop hanging over the image's edges, both borders.
+    /// Every instruction set gives the same bytes: rotated, scaled,
+    /// perspective crops inside the image (the AVX-512 groups) and hanging
+    /// over its edges (pixel by pixel), both borders.
     #[test]
     fn every_instruction_set_warps_the_same() {
-        let (w, h) = (37, 23);
+        let (w, h) = (211, 157);
         let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7919 % 251) as u8).collect();
         let src = RgbSource {
             data: &data,
@@ -186,37 +187,57 @@ mod tests {
         };
         let lut: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
         let (c, s) = (0.3f64.cos(), 0.3f64.sin());
-        let matrix = [
+        let inside = [
             1.3 * c,
             -1.3 * s,
-            -4.0,
+            60.0,
             1.3 * s,
             1.3 * c,
-            -3.0,
+            20.0,
             1e-4,
             -2e-4,
             1.0,
         ];
-        for border in [WarpBorder::Zero, WarpBorder::Replicate] {
-            let warp = Warp {
-                matrix: &matrix,
-                size: 40,
-                block: 32,
-                border,
-                lut: &lut,
-            };
-            let mut outs = Vec::new();
-            for isa in crate::Isa::available() {
-                let mut out = vec![f32::NAN; 40 * 40 * 3];
-                warp_perspective(isa, &src, &warp, &mut out, &mut Vec::new());
-                assert!(
-                    out.iter().all(|v| v.is_finite()),
-                    "{border:?} [{}]",
-                    isa.name()
-                );
-                outs.push(out);
+        let over = [
+            2.9 * c,
+            -2.9 * s,
+            -40.0,
+            2.9 * s,
+            2.9 * c,
+            -30.0,
+            1e-4,
+            -2e-4,
+            1.0,
+        ];
+        for matrix in [inside, over] {
+            for border in [WarpBorder::Zero, WarpBorder::Replicate] {
+                let warp = Warp {
+                    matrix: &matrix,
+                    size: 90,
+                    block: 32,
+                    border,
+                    lut: &lut,
+                };
+                let mut outs = Vec::new();
+                for isa in crate::Isa::available() {
+                    let mut out = vec![f32::NAN; 90 * 90 * 3];
+                    warp_perspective(isa, &src, &warp, &mut out, &mut Vec::new());
+                    assert!(
+                        out.iter().all(|v| v.is_finite()),
+                        "{border:?} [{}]",
+                        isa.name()
+                    );
+                    outs.push((isa.name(), out));
+                }
+                for pair in outs.windows(2) {
+                    assert!(
+                        pair[0].1 == pair[1].1,
+                        "{border:?}: {} and {} differ",
+                        pair[0].0,
+                        pair[1].0
+                    );
+                }
             }
-            assert!(outs.windows(2).all(|p| p[0] == p[1]), "{border:?}");
         }
     }
 }
