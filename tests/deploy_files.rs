@@ -52,8 +52,8 @@ fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
 }
 
 /// Every environment variable the binary reads: the `env` of each flag (from
-/// `--help`), the secrets read by `Config::apply_env`, the log filter and
-/// rayon's thread count (the nets' CPU backend).
+/// `--help`), the secrets read by `Config::apply_env`, the log filter,
+/// rayon's thread count (the nets' CPU backend) and the model's switches.
 fn variables_read() -> BTreeSet<String> {
     let mut read = BTreeSet::new();
     for sub in ["serve", "worker", "healthcheck", "loadgen"] {
@@ -71,6 +71,7 @@ fn variables_read() -> BTreeSet<String> {
     read.insert("RUST_LOG".into());
     read.insert("RAYON_NUM_THREADS".into());
     read.insert(holistream::model::Backend::ENV.to_string());
+    read.insert(holistream::model::pipeline::PARALLEL_BRANCHES_ENV.to_string());
     read
 }
 

@@ -55,3 +55,50 @@ fn tracking_mode_follows_mediapipe_on_the_clip() {
         failures.join("\n")
     );
 }
+
+/// The right hand on its own thread (the default on several cores) gives
+/// exactly the landmarks of the one-thread pipeline, in static and tracking
+/// mode, on the photos with both hands and on a stream of all the photos.
+#[test]
+fn parallel_branches_give_the_same_landmarks() {
+    use holistream::model::{Backend, Mode, Parts, ProcessOptions, TrackingState, decode_image};
+    let parallel = Holistic::load(Backend::Fused)
+        .unwrap()
+        .with_parallel_branches(true);
+    let serial = Holistic::load(Backend::Fused)
+        .unwrap()
+        .with_parallel_branches(false);
+    let mut paths: Vec<_> = std::fs::read_dir(Path::new(TESTDATA).join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    let images: Vec<_> = paths
+        .iter()
+        .map(|p| decode_image(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    let (mut states_p, mut states_s) = (TrackingState::default(), TrackingState::default());
+    let mut hands_seen = 0;
+    for mode in [Mode::Static, Mode::Tracking] {
+        for (i, (image, path)) in images.iter().zip(&paths).enumerate() {
+            let opts = ProcessOptions {
+                mode,
+                parts: Parts::default(),
+                timestamp_us: (i as i64 + 1) * 33_333,
+            };
+            let a = parallel.process(image, &opts, &mut states_p).unwrap();
+            let b = serial.process(image, &opts, &mut states_s).unwrap();
+            let what = format!("{} {mode:?}", path.display());
+            assert_eq!(a.pose, b.pose, "{what}: pose");
+            assert_eq!(a.face, b.face, "{what}: face");
+            assert_eq!(a.left_hand, b.left_hand, "{what}: left hand");
+            assert_eq!(a.right_hand, b.right_hand, "{what}: right hand");
+            hands_seen +=
+                usize::from(!a.left_hand.is_empty()) + usize::from(!a.right_hand.is_empty());
+        }
+    }
+    assert!(
+        hands_seen >= 4,
+        "the photos should show hands ({hands_seen})"
+    );
+}

@@ -159,4 +159,8 @@ impl NetRunner for FusedNets {
             })
             .collect()
     }
+
+    fn fork(&self) -> Option<Box<dyn NetRunner>> {
+        Some(Box::new(self.clone()))
+    }
 }

@@ -78,6 +78,13 @@ pub enum NetError {
 /// shared across threads (burn modules are `Send`, not necessarily `Sync`).
 pub trait NetRunner: Send {
     fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError>;
+
+    /// A second instance sharing these weights, with its own buffers, for a
+    /// second thread; `None` where that is not cheap (the generated burn
+    /// modules are loaded per instance).
+    fn fork(&self) -> Option<Box<dyn NetRunner>> {
+        None
+    }
 }
 
 /// Which implementation runs the nets.

@@ -118,6 +118,8 @@ pub enum ModelError {
     EmptyImage,
     #[error(transparent)]
     Image(#[from] ImageInputError),
+    #[error("{0}")]
+    Config(String),
 }
 
 #[cfg(test)]
