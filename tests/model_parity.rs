@@ -56,18 +56,19 @@ fn tracking_mode_follows_mediapipe_on_the_clip() {
     );
 }
 
-/// The right hand on its own thread (the default on several cores) gives
-/// exactly the landmarks of the one-thread pipeline, in static and tracking
-/// mode, on the photos with both hands and on a stream of all the photos.
+/// The right hand on its own thread gives exactly the landmarks of the
+/// one-thread pipeline, in static and tracking mode, on the photos and on a
+/// stream of all of them.
 #[test]
 fn parallel_branches_give_the_same_landmarks() {
+    use holistream::model::pipeline::Branches;
     use holistream::model::{Backend, Mode, Parts, ProcessOptions, TrackingState, decode_image};
     let parallel = Holistic::load(Backend::Fused)
         .unwrap()
-        .with_parallel_branches(true);
+        .with_branches(Branches::Always);
     let serial = Holistic::load(Backend::Fused)
         .unwrap()
-        .with_parallel_branches(false);
+        .with_branches(Branches::Off);
     let mut paths: Vec<_> = std::fs::read_dir(Path::new(TESTDATA).join("images"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -366,7 +366,8 @@ pub fn throughput(
         .map(|_| {
             let (images, barrier) = (images.clone(), barrier.clone());
             std::thread::spawn(move || -> Result<(), ModelError> {
-                let loaded = Holistic::load(backend);
+                let loaded = Holistic::load(backend)
+                    .and_then(|h| Ok(h.with_branches(super::pipeline::Branches::from_env()?)));
                 // Wait even when loading failed, so the others are not stuck.
                 barrier.wait();
                 let holistic = loaded?;

@@ -202,6 +202,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     for &backend in &args.nets {
         let holistic = Holistic::load(backend)
+            .and_then(|h| Ok(h.with_branches(crate::model::pipeline::Branches::from_env()?)))
             .with_context(|| format!("loading the nets on {}", backend.name()))?;
         let report = bench::run(&holistic, &images, args.iters)?;
         eprintln!(

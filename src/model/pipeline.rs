@@ -12,11 +12,75 @@ use holistream_nets::{Backend, Net, NetRunner};
 use image::RgbImage;
 use std::cell::RefCell;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// The environment variable [`Holistic::load_default`] reads to switch the
-/// second branch thread off.
+/// The environment variable [`Holistic::load_default`] reads for the
+/// [`Branches`] policy: `1` (the default), `0`, or `always`.
 pub const PARALLEL_BRANCHES_ENV: &str = "HOLISTREAM_PARALLEL_BRANCHES";
+
+/// When the right hand runs on a second thread, beside the face and the
+/// left hand (as MediaPipe's graph runs its branches in parallel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Branches {
+    /// Every stage on the calling thread.
+    Off,
+    /// On a second thread while fewer pipelines are running in this process
+    /// than it has cores: a frame takes about a third less time where a
+    /// core is free, and a saturated server (a pipeline per core) does not
+    /// pay for threads that would only compete.
+    WhenCoreFree,
+    /// On a second thread on every frame with a right hand (tests).
+    Always,
+}
+
+impl std::str::FromStr for Branches {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Branches, String> {
+        match s {
+            "0" | "off" => Ok(Branches::Off),
+            "1" | "on" => Ok(Branches::WhenCoreFree),
+            "always" => Ok(Branches::Always),
+            other => Err(format!(
+                "{other:?}: expected 1 (when a core is free), 0 or always"
+            )),
+        }
+    }
+}
+
+impl Branches {
+    /// `HOLISTREAM_PARALLEL_BRANCHES`, else [`Branches::WhenCoreFree`]; an
+    /// unknown value is an error.
+    pub fn from_env() -> Result<Branches, ModelError> {
+        match std::env::var(PARALLEL_BRANCHES_ENV) {
+            Ok(v) => v
+                .parse()
+                .map_err(|e| ModelError::Config(format!("{PARALLEL_BRANCHES_ENV}={e}"))),
+            Err(_) => Ok(Branches::WhenCoreFree),
+        }
+    }
+}
+
+/// Pipelines in the middle of a frame in this process, for
+/// [`Branches::WhenCoreFree`].
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one frame in [`RUNNING`] while alive.
+struct Running;
+
+impl Running {
+    /// Enters; returns the guard and how many run now, this one included.
+    fn enter() -> (Running, usize) {
+        (Running, RUNNING.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// MediaPipe Holistic around one set of nets. One per worker thread: it is
 /// `Send` but not `Sync` (the nets and the tensor buffer are used in place).
@@ -27,34 +91,21 @@ pub struct Holistic {
     face_anchors: Vec<Anchor>,
     /// The input tensor, reused across nets and frames (largest: 256×256×3).
     tensor: RefCell<Vec<f32>>,
-    /// A second pipeline on the same weights (its own buffers) that runs
-    /// the right hand on a second thread while this one runs the face and
-    /// the left hand, as MediaPipe's graph runs its branches in parallel:
-    /// a frame's latency drops by about a third where a core is free. A
-    /// mutex only to make it shareable with that thread; one frame at a
-    /// time uses it.
-    branch: Option<Box<Mutex<Holistic>>>,
+    /// A second pipeline on the same weights (its own buffers) for the
+    /// right hand's thread, and when to use it. A mutex only to make it
+    /// shareable with that thread; one frame at a time uses it.
+    branch: Option<(Box<Mutex<Holistic>>, Branches)>,
+    cores: usize,
 }
 
 impl Holistic {
     /// The shipped nets (weights embedded in the binary) on the backend
     /// `HOLISTREAM_NETS` names (`fused` or `burn`); by default our fused CPU
     /// kernels, or burn on the GPU a cargo feature selects
-    /// ([`Backend::default_for_build`]).
-    ///
-    /// `HOLISTREAM_PARALLEL_BRANCHES=0` runs every stage on the calling
-    /// thread ([`Holistic::with_parallel_branches`]).
+    /// ([`Backend::default_for_build`]); the [`Branches`] policy
+    /// `HOLISTREAM_PARALLEL_BRANCHES` names.
     pub fn load_default() -> Result<Holistic, ModelError> {
-        let parallel = match std::env::var(PARALLEL_BRANCHES_ENV).as_deref() {
-            Err(_) | Ok("1" | "on" | "true") => true,
-            Ok("0" | "off" | "false") => false,
-            Ok(other) => {
-                return Err(ModelError::Config(format!(
-                    "{PARALLEL_BRANCHES_ENV}={other:?}: expected 1 or 0"
-                )));
-            }
-        };
-        Ok(Self::load(Backend::from_env()?)?.with_parallel_branches(parallel))
+        Ok(Self::load(Backend::from_env()?)?.with_branches(Branches::from_env()?))
     }
 
     /// The shipped nets on `backend`.
@@ -62,15 +113,10 @@ impl Holistic {
         Ok(Holistic::new(backend.load()?))
     }
 
-    /// Wraps a set of nets; the hands run beside the face on a second
-    /// thread when the nets can be forked ([`NetRunner::fork`]) and the
-    /// machine has more than one core.
+    /// Wraps a set of nets, with [`Branches::WhenCoreFree`] where the nets
+    /// can be forked ([`NetRunner::fork`]).
     pub fn new(nets: Box<dyn NetRunner>) -> Holistic {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let branch = if cores > 1 { nets.fork() } else { None };
-        let mut holistic = Holistic::single(nets);
-        holistic.branch = branch.map(|nets| Box::new(Mutex::new(Holistic::single(nets))));
-        holistic
+        Holistic::single(nets).with_branches(Branches::WhenCoreFree)
     }
 
     fn single(nets: Box<dyn NetRunner>) -> Holistic {
@@ -80,20 +126,21 @@ impl Holistic {
             face_anchors: face::anchors(),
             tensor: RefCell::new(Vec::with_capacity(256 * 256 * 3)),
             branch: None,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
-    /// Runs every stage on the calling thread (`false`), or the right hand
-    /// on a second one where the nets allow it (`true`, the default).
-    pub fn with_parallel_branches(mut self, on: bool) -> Holistic {
-        if !on {
-            self.branch = None;
-        } else if self.branch.is_none() {
-            self.branch = self
+    /// Sets the [`Branches`] policy (no second thread where the nets cannot
+    /// be forked).
+    pub fn with_branches(mut self, branches: Branches) -> Holistic {
+        self.branch = match (self.branch.take(), branches) {
+            (_, Branches::Off) => None,
+            (Some((pipeline, _)), _) => Some((pipeline, branches)),
+            (None, _) => self
                 .nets
                 .fork()
-                .map(|n| Box::new(Mutex::new(Holistic::single(n))));
-        }
+                .map(|n| (Box::new(Mutex::new(Holistic::single(n))), branches)),
+        };
         self
     }
 
@@ -111,6 +158,7 @@ impl Holistic {
         state: &mut TrackingState,
     ) -> Result<HolisticResult, ModelError> {
         let start = Instant::now();
+        let (_running, running) = Running::enter();
         let (width, height) = image.dimensions();
         if width == 0 || height == 0 {
             return Err(ModelError::EmptyImage);
@@ -194,8 +242,18 @@ impl Holistic {
                 timings,
             )
         };
-        let ((face, left), right) = match &self.branch {
-            Some(branch) if parts.hands => {
+        let branch = match &self.branch {
+            Some((pipeline, policy))
+                if parts.hands
+                    && hands::roi_from_pose(body, hands::Side::Right, size).is_some()
+                    && (*policy == Branches::Always || running < self.cores) =>
+            {
+                Some(pipeline)
+            }
+            _ => None,
+        };
+        let ((face, left), right) = match branch {
+            Some(branch) => {
                 let mut branch_timings = StageTimings::default();
                 let (main, right) = std::thread::scope(|scope| {
                     let right = scope.spawn(|| {
@@ -429,4 +487,17 @@ impl Holistic {
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Branches;
+
+    #[test]
+    fn branch_policies_parse_and_unknown_ones_are_errors() {
+        assert_eq!("1".parse(), Ok(Branches::WhenCoreFree));
+        assert_eq!("0".parse(), Ok(Branches::Off));
+        assert_eq!("always".parse(), Ok(Branches::Always));
+        assert!("2".parse::<Branches>().is_err());
+    }
 }
