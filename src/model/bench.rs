@@ -504,7 +504,7 @@ impl std::fmt::Display for Comparison {
         if !self.throughput.is_empty() {
             writeln!(
                 f,
-                "== throughput ({} cores; one Holistic per worker thread, each with a second thread for the right hand where the nets allow; burn flex uses its own intra-op threads)",
+                "== throughput ({} cores; one Holistic per worker thread, each running the right hand on a second thread while a core is free; burn flex uses its own intra-op threads)",
                 self.cores
             )?;
             writeln!(
