@@ -257,8 +257,8 @@ impl Holistic {
                 let mut branch_timings = StageTimings::default();
                 let (main, right) = std::thread::scope(|scope| {
                     let right = scope.spawn(|| {
-                        // See `branch` on why a poisoned lock is still used:
-                        // every run overwrites what it reads.
+                        // A lock poisoned by a panic on an earlier frame is
+                        // still fine to use: every run overwrites what it reads.
                         let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
                         right_hand(&branch, &mut branch_timings)
                     });
