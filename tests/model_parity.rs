@@ -8,6 +8,22 @@ use std::path::Path;
 
 const TESTDATA: &str = "../shared/testdata";
 
+/// The test photos, decoded, in name order.
+fn photos() -> Vec<(std::path::PathBuf, image::RgbImage)> {
+    let mut paths: Vec<_> = std::fs::read_dir(Path::new(TESTDATA).join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let image = holistream::model::decode_image(&std::fs::read(&p).unwrap()).unwrap();
+            (p, image)
+        })
+        .collect()
+}
+
 #[test]
 fn still_images_match_mediapipe() {
     let holistic = Holistic::load_default().expect("shipped weights load");
@@ -62,22 +78,14 @@ fn tracking_mode_follows_mediapipe_on_the_clip() {
 #[test]
 fn parallel_branches_give_the_same_landmarks() {
     use holistream::model::pipeline::Branches;
-    use holistream::model::{Backend, Mode, Parts, ProcessOptions, TrackingState, decode_image};
+    use holistream::model::{Backend, Mode, Parts, ProcessOptions, TrackingState};
     let parallel = Holistic::load(Backend::Fused)
         .unwrap()
         .with_branches(Branches::Always);
     let serial = Holistic::load(Backend::Fused)
         .unwrap()
         .with_branches(Branches::Off);
-    let mut paths: Vec<_> = std::fs::read_dir(Path::new(TESTDATA).join("images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    let images: Vec<_> = paths
-        .iter()
-        .map(|p| decode_image(&std::fs::read(p).unwrap()).unwrap())
-        .collect();
+    let (paths, images): (Vec<_>, Vec<_>) = photos().into_iter().unzip();
     let (mut states_p, mut states_s) = (TrackingState::default(), TrackingState::default());
     let mut hands_seen = 0;
     for mode in [Mode::Static, Mode::Tracking] {
@@ -115,21 +123,15 @@ fn parallel_branches_give_the_same_landmarks() {
 fn fused_kernels_move_the_landmarks_by_under_a_tenth_of_a_percent() {
     use holistream::model::parity::{PARTS, landmark_errors};
     use holistream::model::pipeline::Branches;
-    use holistream::model::{Backend, Mode, Parts, ProcessOptions, TrackingState, decode_image};
+    use holistream::model::{Backend, Mode, Parts, ProcessOptions, TrackingState};
     let fused = Holistic::load(Backend::Fused)
         .unwrap()
         .with_branches(Branches::Off);
     let burn = Holistic::load(Backend::Burn)
         .unwrap()
         .with_branches(Branches::Off);
-    let mut paths: Vec<_> = std::fs::read_dir(Path::new(TESTDATA).join("images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
     let mut compared = 0;
-    for path in &paths {
-        let image = decode_image(&std::fs::read(path).unwrap()).unwrap();
+    for (path, image) in photos() {
         let opts = ProcessOptions {
             mode: Mode::Static,
             parts: Parts::default(),
