@@ -112,7 +112,19 @@ impl MediaPipeTimes {
             Mode::Static => "static",
             Mode::Tracking => "tracking",
         };
-        let mut children = Vec::with_capacity(workers);
+        // Killed on every way out of this function: a process left waiting
+        // for its start line would run its frames later, beside whatever
+        // the bench measures next.
+        struct Children(Vec<std::process::Child>);
+        impl Drop for Children {
+            fn drop(&mut self) {
+                for child in &mut self.0 {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        let mut children = Children(Vec::with_capacity(workers));
         for _ in 0..workers {
             let child = Command::new(python)
                 .arg("-c")
@@ -124,12 +136,12 @@ impl MediaPipeTimes {
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("running {}: {e}", python.display()))?;
-            children.push(child);
+            children.0.push(child);
         }
         // Wait until every process has loaded its graph and run a warm-up
         // frame, then start them all.
         let mut readers = Vec::with_capacity(workers);
-        for child in &mut children {
+        for child in &mut children.0 {
             let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
             let mut line = String::new();
             reader
@@ -143,7 +155,7 @@ impl MediaPipeTimes {
             }
             readers.push(reader);
         }
-        for child in &mut children {
+        for child in &mut children.0 {
             let stdin = child.stdin.as_mut().expect("piped stdin");
             stdin
                 .write_all(b"go\n")
@@ -157,7 +169,7 @@ impl MediaPipeTimes {
             frames: usize,
         }
         let (mut start, mut end, mut total) = (f64::INFINITY, f64::NEG_INFINITY, 0);
-        for (mut child, mut reader) in children.into_iter().zip(readers) {
+        for (child, mut reader) in children.0.iter_mut().zip(readers) {
             let mut line = String::new();
             reader
                 .read_line(&mut line)

@@ -46,9 +46,11 @@ impl Isa {
     /// vectorizes it with SSE2 on x86-64 or NEON on aarch64).
     pub const PORTABLE: Isa = Isa(IsaKind::Portable);
 
-    /// The fastest instruction set this CPU supports.
+    /// The fastest instruction set this CPU supports (detected once: the
+    /// crops ask on every call).
     pub fn detect() -> Isa {
-        *Self::available().last().unwrap_or(&Self::PORTABLE)
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| *Self::available().last().unwrap_or(&Self::PORTABLE))
     }
 
     /// Every instruction set this CPU supports, slowest first; always starts
