@@ -357,8 +357,8 @@ impl Worker for InferenceWorker {
         {
             // The thread is gone (it exits only after a panic or when
             // abandoned); the frame went with the failed send.
-            job.msg.fail(FrameFailure::WorkerPanicked);
             self.count_restart(state, "panic");
+            job.msg.fail(FrameFailure::WorkerPanicked);
             return Err(format!("worker {wid}: model thread is gone").into());
         }
 
@@ -369,13 +369,13 @@ impl Worker for InferenceWorker {
             }
             Ok(Ok(ThreadAnswer::Panicked(message))) => {
                 tracing::warn!(worker = wid, seq, panic = %message, "inference thread panicked; replacing worker");
-                job.msg.fail(FrameFailure::WorkerPanicked);
                 self.count_restart(state, "panic");
+                job.msg.fail(FrameFailure::WorkerPanicked);
                 Err(format!("worker {wid} panicked: {message}").into())
             }
             Ok(Err(_)) => {
-                job.msg.fail(FrameFailure::WorkerPanicked);
                 self.count_restart(state, "panic");
+                job.msg.fail(FrameFailure::WorkerPanicked);
                 Err(format!("worker {wid}: model thread died").into())
             }
             Err(_elapsed) => {
@@ -385,13 +385,13 @@ impl Worker for InferenceWorker {
                     deadline = ?self.shared.stall_deadline,
                     "inference thread stalled; abandoning it and replacing worker"
                 );
-                job.msg.fail(FrameFailure::WorkerStalled);
                 // Dropping the thread's handle detaches it; it exits when its
                 // pass ends.
                 if let Some(t) = state.thread.take() {
                     tracing::debug!(worker = t.wid, "model thread abandoned");
                 }
                 self.count_restart(state, "stall");
+                job.msg.fail(FrameFailure::WorkerStalled);
                 Err(format!("worker {wid} stalled past {:?}", self.shared.stall_deadline).into())
             }
         }
@@ -399,6 +399,8 @@ impl Worker for InferenceWorker {
 }
 
 impl InferenceWorker {
+    /// Counted before the job's error is answered: a client that sees the
+    /// error and then reads the metrics must find the restart there.
     fn count_restart(&self, state: &mut InferenceWorkerState, reason: &str) {
         self.shared
             .metrics
