@@ -72,7 +72,8 @@ fn tracking_mode_follows_mediapipe_on_the_clip() {
     );
 }
 
-/// The right hand on its own thread gives exactly the landmarks of the
+/// A frame on two cores (the right hand on its own thread, the nets that
+/// run alone split across two threads) gives exactly the landmarks of the
 /// one-thread pipeline, in static and tracking mode, on the photos and on a
 /// stream of all of them.
 #[test]

@@ -18,7 +18,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Device, Tensor, TensorData};
-use holistream_kernels::{Program, Scratch};
+use holistream_kernels::{Program, Scratch, split_pool};
 
 /// One net lowered to fused NHWC layers, with the buffers it runs on
 /// (reused across frames): the argument of [`FusedKernels::fused_net`].
@@ -49,9 +49,11 @@ impl FusedNet {
         h * w * c
     }
 
-    /// Runs the program on a flat NHWC slice.
-    pub(crate) fn run_slice(&self, input: &[f32]) -> Option<Vec<Vec<f32>>> {
-        self.program.run(input, &mut self.scratch()).ok()
+    /// Runs the program on a flat NHWC slice; `split`: its large layers
+    /// halved across the two threads of [`split_pool`].
+    pub(crate) fn run_slice(&self, input: &[f32], split: bool) -> Option<Vec<Vec<f32>>> {
+        let pool = split.then(split_pool);
+        self.program.run_on(input, &mut self.scratch(), pool).ok()
     }
 
     /// The buffers, locked.
@@ -68,12 +70,13 @@ pub trait FusedKernels: Backend {
     /// Runs `net` on `input`, an f32 `[1, H, W, C]` NHWC image with `(H, W,
     /// C)` the net's input shape (checked by the caller). Returns the net's
     /// outputs in graph order, each flattened (NHWC for 4-D ones) as a 1-D
-    /// tensor.
-    fn fused_net(input: FloatTensor<Self>, net: &FusedNet) -> Vec<FloatTensor<Self>>;
+    /// tensor. `split`: the large layers are halved across two threads
+    /// ([`Program::run_on`]); the outputs are the same bit for bit.
+    fn fused_net(input: FloatTensor<Self>, net: &FusedNet, split: bool) -> Vec<FloatTensor<Self>>;
 }
 
 impl FusedKernels for Flex {
-    fn fused_net(input: FlexTensor, net: &FusedNet) -> Vec<FlexTensor> {
+    fn fused_net(input: FlexTensor, net: &FusedNet, split: bool) -> Vec<FlexTensor> {
         // Zero-copy when the tensor is contiguous f32 (a fresh input is);
         // a strided view is made contiguous first.
         let contiguous;
@@ -87,7 +90,7 @@ impl FusedKernels for Flex {
             }
         };
         let outputs = net
-            .run_slice(data)
+            .run_slice(data, split)
             .expect("fused_net: the caller checks the input size");
         outputs
             .into_iter()
@@ -115,10 +118,12 @@ pub enum FusedForwardError {
 
 /// Runs `net` on `input` (`[1, H, W, C]`, NHWC, on the flex device) through
 /// burn's dispatch to [`FusedKernels::fused_net`]; returns the outputs in
-/// graph order, each flattened as in the TFLite model.
+/// graph order, each flattened as in the TFLite model. `split`: see
+/// [`FusedKernels::fused_net`].
 pub fn fused_forward(
     net: &FusedNet,
     input: Tensor<4>,
+    split: bool,
 ) -> Result<Vec<Tensor<1>>, FusedForwardError> {
     if input.device() != Device::flex() {
         return Err(FusedForwardError::Device(format!("{:?}", input.device())));
@@ -133,7 +138,7 @@ pub fn fused_forward(
             c,
         });
     }
-    let outputs = <Dispatch as FusedKernels>::fused_net(input.into_dispatch(), net);
+    let outputs = <Dispatch as FusedKernels>::fused_net(input.into_dispatch(), net, split);
     Ok(outputs
         .into_iter()
         .map(Tensor::<1>::from_dispatch)

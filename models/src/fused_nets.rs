@@ -135,10 +135,15 @@ fn check_len(net: Net, fused: &FusedNet, input: &[f32]) -> Result<(), NetError> 
     }
 }
 
-impl NetRunner for FusedNets {
+impl FusedNets {
     /// Through burn: the input becomes a flex tensor, the net one burn
     /// operation ([`fused_forward`]), the outputs flex tensors read back.
-    fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError> {
+    fn run_through_burn(
+        &self,
+        net: Net,
+        input_nhwc: &[f32],
+        split: bool,
+    ) -> Result<Vec<Vec<f32>>, NetError> {
         let fused = self.net(net);
         check_len(net, fused, input_nhwc)?;
         let (h, w, c) = fused.program().input_shape();
@@ -146,7 +151,8 @@ impl NetRunner for FusedNets {
             TensorData::new(input_nhwc.to_vec(), [1, h, w, c]),
             &self.device,
         );
-        let outputs = fused_forward(fused, input).map_err(|e| NetError::Backend(e.to_string()))?;
+        let outputs =
+            fused_forward(fused, input, split).map_err(|e| NetError::Backend(e.to_string()))?;
         outputs
             .into_iter()
             .map(|t| {
@@ -158,6 +164,18 @@ impl NetRunner for FusedNets {
                     })
             })
             .collect()
+    }
+}
+
+impl NetRunner for FusedNets {
+    fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError> {
+        self.run_through_burn(net, input_nhwc, false)
+    }
+
+    /// The large layers halved across [`holistream_kernels::split_pool`]'s two
+    /// threads; the same outputs bit for bit.
+    fn run_split(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError> {
+        self.run_through_burn(net, input_nhwc, true)
     }
 
     fn fork(&self) -> Option<Box<dyn NetRunner>> {

@@ -79,6 +79,13 @@ pub enum NetError {
 pub trait NetRunner: Send {
     fn run(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError>;
 
+    /// [`NetRunner::run`] using a second core for this one call, for one
+    /// frame's latency while a core would sit idle; the same outputs.
+    /// Where the nets cannot split their work, the plain run.
+    fn run_split(&self, net: Net, input_nhwc: &[f32]) -> Result<Vec<Vec<f32>>, NetError> {
+        self.run(net, input_nhwc)
+    }
+
     /// A second instance sharing these weights, with its own buffers, for a
     /// second thread; `None` where that is not cheap (the generated burn
     /// modules are loaded per instance).

@@ -223,7 +223,7 @@ fn the_fused_burn_operation_takes_flex_tensors() {
         ("contiguous", nhwc),
         ("strided", nchw.permute([0, 2, 3, 1])),
     ] {
-        let got: Vec<Vec<f32>> = fused_forward(fused.net(net), tensor)
+        let got: Vec<Vec<f32>> = fused_forward(fused.net(net), tensor, false)
             .unwrap()
             .into_iter()
             .map(|t| t.into_data().try_into_vec::<f32>().unwrap())
@@ -233,7 +233,7 @@ fn the_fused_burn_operation_takes_flex_tensors() {
 
     let wrong = Tensor::<4>::from_data(TensorData::new(input, [1, w, 3, h]), &device);
     assert!(matches!(
-        fused_forward(fused.net(net), wrong),
+        fused_forward(fused.net(net), wrong, false),
         Err(FusedForwardError::Shape { .. })
     ));
 }

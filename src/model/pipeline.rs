@@ -19,18 +19,20 @@ use std::time::Instant;
 /// [`Branches`] policy: `1` (the default), `0`, or `always`.
 pub const PARALLEL_BRANCHES_ENV: &str = "HOLISTREAM_PARALLEL_BRANCHES";
 
-/// When the right hand runs on a second thread, beside the face and the
-/// left hand (as MediaPipe's graph runs its branches in parallel).
+/// When a frame uses a second core: the right hand on a second thread,
+/// beside the face and the left hand (as MediaPipe's graph runs its
+/// branches in parallel), and the nets that run alone (the pose's) with
+/// their large layers halved across two threads ([`NetRunner::run_split`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Branches {
     /// Every stage on the calling thread.
     Off,
-    /// On a second thread while fewer pipelines are running in this process
-    /// than it has cores: a frame takes about a third less time where a
-    /// core is free, and a saturated server (a pipeline per core) does not
-    /// pay for threads that would only compete.
+    /// While fewer pipelines are running in this process than it has
+    /// cores: a frame takes about a third less time where a core is free,
+    /// and a saturated server (a pipeline per core) does not pay for
+    /// threads that would only compete.
     WhenCoreFree,
-    /// On a second thread on every frame with a right hand (tests).
+    /// On every frame (tests).
     Always,
 }
 
@@ -70,9 +72,9 @@ static RUNNING: AtomicUsize = AtomicUsize::new(0);
 struct Running;
 
 impl Running {
-    /// Enters; returns the guard and how many run now, this one included.
-    fn enter() -> (Running, usize) {
-        (Running, RUNNING.fetch_add(1, Ordering::Relaxed) + 1)
+    fn enter() -> Running {
+        RUNNING.fetch_add(1, Ordering::Relaxed);
+        Running
     }
 }
 
@@ -158,7 +160,7 @@ impl Holistic {
         state: &mut TrackingState,
     ) -> Result<HolisticResult, ModelError> {
         let start = Instant::now();
-        let (_running, running) = Running::enter();
+        let _running = Running::enter();
         let (width, height) = image.dimensions();
         if width == 0 || height == 0 {
             return Err(ModelError::EmptyImage);
@@ -212,33 +214,36 @@ impl Holistic {
             [None, None]
         };
         let body = &pose.body;
-        let face_and_left = |h: &Holistic, timings: &mut StageTimings| -> Result<_, ModelError> {
-            let face = if parts.face {
-                h.face(image, size, body, prev_face.as_deref(), timings)?
-            } else {
-                None
+        let face_and_left =
+            |h: &Holistic, may_split: bool, timings: &mut StageTimings| -> Result<_, ModelError> {
+                let face = if parts.face {
+                    h.face(image, size, body, prev_face.as_deref(), may_split, timings)?
+                } else {
+                    None
+                };
+                let left = if parts.hands {
+                    h.hand(
+                        image,
+                        size,
+                        body,
+                        hands::Side::Left,
+                        prev_left.as_deref(),
+                        may_split,
+                        timings,
+                    )?
+                } else {
+                    None
+                };
+                Ok((face, left))
             };
-            let left = if parts.hands {
-                h.hand(
-                    image,
-                    size,
-                    body,
-                    hands::Side::Left,
-                    prev_left.as_deref(),
-                    timings,
-                )?
-            } else {
-                None
-            };
-            Ok((face, left))
-        };
-        let right_hand = |h: &Holistic, timings: &mut StageTimings| {
+        let right_hand = |h: &Holistic, may_split: bool, timings: &mut StageTimings| {
             h.hand(
                 image,
                 size,
                 body,
                 hands::Side::Right,
                 prev_right.as_deref(),
+                may_split,
                 timings,
             )
         };
@@ -246,7 +251,7 @@ impl Holistic {
             Some((pipeline, policy))
                 if parts.hands
                     && hands::roi_from_pose(body, hands::Side::Right, size).is_some()
-                    && (*policy == Branches::Always || running < self.cores) =>
+                    && self.core_free(*policy) =>
             {
                 Some(pipeline)
             }
@@ -260,9 +265,9 @@ impl Holistic {
                         // A lock poisoned by a panic on an earlier frame is
                         // still fine to use: every run overwrites what it reads.
                         let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
-                        right_hand(&branch, &mut branch_timings)
+                        right_hand(&branch, false, &mut branch_timings)
                     });
-                    let main = face_and_left(self, &mut timings);
+                    let main = face_and_left(self, false, &mut timings);
                     let right = right
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -273,9 +278,9 @@ impl Holistic {
                 (main?, right?)
             }
             _ => {
-                let main = face_and_left(self, &mut timings)?;
+                let main = face_and_left(self, true, &mut timings)?;
                 let right = if parts.hands {
-                    right_hand(self, &mut timings)?
+                    right_hand(self, true, &mut timings)?
                 } else {
                     None
                 };
@@ -327,7 +332,13 @@ impl Holistic {
         let Some(roi) = roi else { return Ok(None) };
 
         let t = Instant::now();
-        let found = match self.run(Net::PoseLandmark, image, Some(&roi), &pose::LANDMARK_TENSOR)? {
+        let found = match self.run(
+            Net::PoseLandmark,
+            image,
+            Some(&roi),
+            &pose::LANDMARK_TENSOR,
+            true,
+        )? {
             Some((outs, crop)) => {
                 let (lms, flag, heatmap) = pose::landmark_outputs(&outs)?;
                 pose::decode_landmarks(lms, flag, heatmap, &roi, &crop)
@@ -352,8 +363,13 @@ impl Holistic {
         image: &RgbImage,
         size: ImageSize,
     ) -> Result<Option<NormRect>, ModelError> {
-        let Some((outs, crop)) =
-            self.run(Net::PoseDetection, image, None, &pose::DETECTION_TENSOR)?
+        let Some((outs, crop)) = self.run(
+            Net::PoseDetection,
+            image,
+            None,
+            &pose::DETECTION_TENSOR,
+            true,
+        )?
         else {
             return Ok(None);
         };
@@ -372,6 +388,7 @@ impl Holistic {
         size: ImageSize,
         body: &[pose::RawLandmark],
         prev: Option<&[[f32; 3]]>,
+        may_split: bool,
         timings: &mut StageTimings,
     ) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
         let t = Instant::now();
@@ -381,6 +398,7 @@ impl Holistic {
             image,
             Some(&coarse),
             &face::DETECTION_TENSOR,
+            may_split,
         )? {
             Some((outs, crop)) => {
                 let (regressors, scores) = face::detection_outputs(&outs)?;
@@ -397,7 +415,13 @@ impl Holistic {
         let recrop = face::roi_from_detection(&detection, size);
         let prev = prev.map(|lms| (face::roi_from_landmarks(lms, size), lms));
         let roi = choose_roi(recrop, prev, &face::TRACKING, size);
-        let found = match self.run(Net::FaceLandmark, image, Some(&roi), &face::LANDMARK_TENSOR)? {
+        let found = match self.run(
+            Net::FaceLandmark,
+            image,
+            Some(&roi),
+            &face::LANDMARK_TENSOR,
+            may_split,
+        )? {
             Some((outs, _)) => {
                 let (lms, flag) = face::landmark_outputs(&outs)?;
                 face::decode_landmarks(lms, flag, &roi)
@@ -416,13 +440,20 @@ impl Holistic {
         body: &[pose::RawLandmark],
         side: hands::Side,
         prev: Option<&[[f32; 3]]>,
+        may_split: bool,
         timings: &mut StageTimings,
     ) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
         let Some(coarse) = hands::roi_from_pose(body, side, size) else {
             return Ok(None);
         };
         let t = Instant::now();
-        let recrop = match self.run(Net::HandRecrop, image, Some(&coarse), &hands::RECROP_TENSOR)? {
+        let recrop = match self.run(
+            Net::HandRecrop,
+            image,
+            Some(&coarse),
+            &hands::RECROP_TENSOR,
+            may_split,
+        )? {
             Some((outs, crop)) => Some(hands::roi_from_recrop(
                 hands::recrop_outputs(&outs)?,
                 &coarse,
@@ -444,6 +475,7 @@ impl Holistic {
             image,
             Some(&roi),
             &hands::LANDMARK_TENSOR,
+            may_split,
         )? {
             Some((outs, crop)) => {
                 let (lms, flag) = hands::landmark_outputs(&outs)?;
@@ -455,15 +487,18 @@ impl Holistic {
         Ok(found)
     }
 
-    /// Crops `rect` for `net` and runs it. `None` when the ROI is degenerate
-    /// (zero or non-finite size): MediaPipe produces no tensor then, and the
-    /// part is absent this frame.
+    /// Crops `rect` for `net` and runs it, on two cores
+    /// ([`NetRunner::run_split`]) where `may_split` (no other thread of this
+    /// frame is running) and a core is free now. `None` when the ROI is
+    /// degenerate (zero or non-finite size): MediaPipe produces no tensor
+    /// then, and the part is absent this frame.
     fn run(
         &self,
         net: Net,
         image: &RgbImage,
         rect: Option<&NormRect>,
         spec: &TensorSpec,
+        may_split: bool,
     ) -> Result<Option<(NetOutputs, CropTransform)>, ModelError> {
         let mut tensor = self.tensor.borrow_mut();
         let crop = match crop_to_tensor(image, rect, spec, &mut tensor) {
@@ -471,8 +506,28 @@ impl Holistic {
             Err(WarpError::EmptyRoi) => return Ok(None),
             Err(WarpError::EmptyImage) => return Err(ModelError::EmptyImage),
         };
-        let tensors = self.nets.run(net, &tensor)?;
+        let split = may_split
+            && self
+                .branch
+                .as_ref()
+                .is_some_and(|(_, p)| self.core_free(*p));
+        let tensors = if split {
+            self.nets.run_split(net, &tensor)?
+        } else {
+            self.nets.run(net, &tensor)?
+        };
         Ok(Some((NetOutputs { net, tensors }, crop)))
+    }
+
+    /// Whether this frame may take a second core under `policy`: asked
+    /// before each net and at the branches, not once a frame, so a frame
+    /// that started alone stops splitting when another one starts.
+    fn core_free(&self, policy: Branches) -> bool {
+        match policy {
+            Branches::Off => false,
+            Branches::Always => true,
+            Branches::WhenCoreFree => RUNNING.load(Ordering::Relaxed) < self.cores,
+        }
     }
 
     /// Runs one net on a mid-grey input: the per-net timing the bench reports.

@@ -2,7 +2,9 @@
 //! `VERBOSE=1` each layer's median (unsorted, run order), on a synthetic
 //! input: `cargo run -p holistream-kernels --example layer_profile [net|all]
 //! [iters]`; `ISA=portable|avx2+fma|avx512` picks the instruction set
-//! (default: the fastest this CPU has). No burn, so it rebuilds in seconds
+//! (default: the fastest this CPU has); `SPLIT=1` also times each whole run
+//! with large layers split across a two-thread pool (`Program::run_on`),
+//! interleaved with the single-thread runs. No burn, so it rebuilds in seconds
 //! while tuning the kernels.
 
 use std::time::{Duration, Instant};
@@ -41,10 +43,20 @@ fn main() {
             .collect();
         let mut scratch = program.scratch();
         let mut whole = Vec::new();
+        let mut split = Vec::new();
+        let pool = std::env::var("SPLIT")
+            .is_ok()
+            .then(holistream_kernels::split_pool);
         for _ in 0..iters {
             let t = Instant::now();
             program.run(&input, &mut scratch).unwrap();
             whole.push(t.elapsed());
+            if let Some(pool) = pool {
+                let t = Instant::now();
+                let out = program.run_on(&input, &mut scratch, Some(pool)).unwrap();
+                split.push(t.elapsed());
+                assert_eq!(out, program.run(&input, &mut scratch).unwrap());
+            }
         }
         let mut per: Vec<Vec<Duration>> = Vec::new();
         let mut names = Vec::new();
@@ -80,5 +92,13 @@ fn main() {
             sum.as_secs_f64() * 1e3,
             names.len()
         );
+        if !split.is_empty() {
+            let m = med(&mut split);
+            println!(
+                "{net}: split across two threads: run median {:.3} ms ({:.2}x the single-thread run)",
+                m.as_secs_f64() * 1e3,
+                m.as_secs_f64() / total.as_secs_f64()
+            );
+        }
     }
 }

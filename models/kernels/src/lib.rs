@@ -14,7 +14,8 @@
 //! Every kernel is written once as plain Rust over fixed-size lanes that LLVM
 //! vectorizes, and compiled several times: portable, AVX2+FMA and AVX-512
 //! (x86-64), picked at run time by [`Isa`]. Kernels are single-threaded: the
-//! server runs one model instance per core.
+//! server runs one model instance per core; [`Program::run_on`] halves a
+//! net's large layers across two threads for one frame's latency.
 
 pub mod kernels;
 pub mod onnx;
@@ -22,6 +23,20 @@ pub mod program;
 pub mod warp;
 
 pub use program::{LowerError, Program, Scratch};
+
+/// The two threads a split net's layers run on, shared by every worker in
+/// the process: a frame is split only while a core is free (the pipeline
+/// decides), so more threads would only compete.
+pub fn split_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .thread_name(|i| format!("holistream-split-{i}"))
+            .build()
+            .expect("the split pool's two threads start")
+    })
+}
 
 /// The instruction set a kernel call runs on.
 ///

@@ -15,6 +15,7 @@
 //!    live across frames.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::Isa;
 use crate::kernels::{
@@ -345,6 +346,15 @@ pub struct Program {
 #[derive(Debug, Clone, Default)]
 pub struct Scratch {
     slots: Vec<Vec<f32>>,
+    /// The buffers of the thread that runs the program.
+    main: Local,
+    /// The same for the second thread of a split layer ([`Program::run_on`]).
+    helper: Local,
+}
+
+/// What one thread needs besides the layer's input and output.
+#[derive(Debug, Clone, Default)]
+struct Local {
     /// im2col matrices, and the transposed blocks of the sparse GEMM.
     im2col: Vec<f32>,
     /// A fused block's ring of expanded rows and its depthwise output row.
@@ -394,9 +404,18 @@ impl Program {
     pub fn scratch(&self) -> Scratch {
         Scratch {
             slots: self.slot_sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            im2col: vec![0.0; self.im2col_size],
-            block: vec![0.0; self.block_size],
-            taps: Vec::new(),
+            main: Local {
+                im2col: vec![0.0; self.im2col_size],
+                block: vec![0.0; self.block_size],
+                taps: Vec::new(),
+            },
+            // The helper never builds an im2col matrix (the main thread does,
+            // before the split); the sparse GEMM sizes its part on first use.
+            helper: Local {
+                im2col: Vec::new(),
+                block: vec![0.0; self.block_size],
+                taps: Vec::new(),
+            },
         }
     }
 
@@ -411,6 +430,23 @@ impl Program {
         input_nhwc: &[f32],
         scratch: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, InputSizeError> {
+        self.run_on(input_nhwc, scratch, None)
+    }
+
+    /// [`Program::run`], with each large layer split in two halves of its
+    /// output rows, run on two threads of `pool` (`None`: on the calling
+    /// thread). Every output element is computed by the same operations as
+    /// in [`Program::run`], so the results are the same bit for bit.
+    ///
+    /// One frame's latency is what this buys, where a core would otherwise
+    /// sit idle (the pose nets run before the face and hands can start); a
+    /// server that already runs a frame per core gains nothing from it.
+    pub fn run_on(
+        &self,
+        input_nhwc: &[f32],
+        scratch: &mut Scratch,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<Vec<Vec<f32>>, InputSizeError> {
         let (h, w, c) = self.input_shape;
         if input_nhwc.len() != h * w * c {
             return Err(InputSizeError {
@@ -424,14 +460,26 @@ impl Program {
                 .iter()
                 .zip(&self.slot_sizes)
                 .any(|(s, &n)| s.len() < n)
-            || scratch.im2col.len() < self.im2col_size
-            || scratch.block.len() < self.block_size
+            || scratch.main.im2col.len() < self.im2col_size
+            || scratch.main.block.len() < self.block_size
+            || scratch.helper.block.len() < self.block_size
         {
             *scratch = self.scratch();
         }
         scratch.slots[self.input_slot][..input_nhwc.len()].copy_from_slice(input_nhwc);
-        for step in &self.steps {
-            self.run_step(&step.layer, scratch);
+        match pool.filter(|p| p.current_num_threads() >= 2) {
+            // Inside the pool, `rayon::join` hands the second half to the
+            // pool's other thread when it is free, else runs it here.
+            Some(pool) => pool.install(|| {
+                for step in &self.steps {
+                    self.run_step(&step.layer, scratch, true);
+                }
+            }),
+            None => {
+                for step in &self.steps {
+                    self.run_step(&step.layer, scratch, false);
+                }
+            }
         }
         Ok(self
             .outputs
@@ -454,7 +502,7 @@ impl Program {
             .iter()
             .map(|step| {
                 let start = std::time::Instant::now();
-                self.run_step(&step.layer, scratch);
+                self.run_step(&step.layer, scratch, false);
                 (self.describe(&step.layer), start.elapsed())
             })
             .collect())
@@ -506,17 +554,56 @@ impl Program {
         format!("{kind} {shape}")
     }
 
-    fn run_step(&self, layer: &Layer, scratch: &mut Scratch) {
+    /// Multiply-adds of a layer, roughly: whether splitting it across two
+    /// threads pays for the hand-off.
+    fn work(&self, layer: &Layer) -> usize {
+        let rows_of = |win: &Window| {
+            let (oh, ow) = win.output_size().unwrap_or((0, 0));
+            oh * ow
+        };
+        let pointwise = |pw: &Pointwise| match pw {
+            Pointwise::Dense(w) => w.k * w.n,
+            Pointwise::Sparse(w) => (w.density() * (w.k * w.n) as f32) as usize,
+        };
+        match layer {
+            Layer::Block {
+                expand,
+                win,
+                dw,
+                project,
+                ..
+            } => {
+                rows_of(win)
+                    * (dw.c * win.kh * win.kw
+                        + pointwise(project)
+                        + expand.as_ref().map_or(0, |(pw, _)| pointwise(pw)))
+            }
+            Layer::Gemm { m, w, .. } => m * w.k * w.n,
+            Layer::SparseGemm { m, w, .. } => (w.density() * (m * w.k * w.n) as f32) as usize,
+            Layer::Dense { win, w, .. } => rows_of(win) * w.k * w.n,
+            Layer::Depthwise { win, w, .. } => rows_of(win) * w.c * win.kh * win.kw,
+            _ => 0,
+        }
+    }
+
+    fn run_step(&self, layer: &Layer, scratch: &mut Scratch, split: bool) {
         let isa = self.isa;
+        let split = split && self.work(layer) >= SPLIT_MIN_WORK;
         let dst_slot = self.slot_of[layer.dst()];
         // Lowering never gives a layer's output the slot of one of its
         // inputs, so the output buffer can be taken out while inputs are read.
         let mut out = std::mem::take(&mut scratch.slots[dst_slot]);
-        let slots = &scratch.slots;
+        let Scratch {
+            slots,
+            main,
+            helper,
+        } = &mut *scratch;
+        let slots = &*slots;
         let buf = |v: V| -> &[f32] { &slots[self.slot_of[v]][..self.shapes[v].len()] };
-        let res = |r: &Option<(V, usize)>| {
+        // The residual rows `rows` of a layer's output.
+        let res = |r: &Option<(V, usize)>, rows: &Range<usize>| {
             r.map(|(v, channels)| Residual {
-                data: buf(v),
+                data: &buf(v)[rows.start * channels..rows.end * channels],
                 channels,
             })
         };
@@ -533,65 +620,22 @@ impl Program {
                 ..
             } => {
                 let (oh, ow) = win.output_size().unwrap_or((0, 0));
-                let (w, ce, co) = (win.w, dw.c, project.n());
-                let (ring, dw_row) = scratch.block.split_at_mut(win.kh * w * ce);
+                let co = project.n();
                 let x = buf(*src);
-                let k_in = x.len() / (win.h * w).max(1);
-                // Input row each ring slot holds (slot = row % kh).
-                let mut held = vec![usize::MAX; win.kh];
-                let mut rows = Vec::with_capacity(win.kh);
-                for oy in 0..oh {
-                    let (iy0, ky_range) = win.rows(oy);
-                    rows.clear();
-                    for ky in ky_range {
-                        let iy = (iy0 + ky as isize) as usize;
-                        match expand {
-                            Some((pw, pw_act)) => {
-                                let slot = iy % win.kh;
-                                if held[slot] != iy {
-                                    pw.run(
-                                        isa,
-                                        &x[iy * w * k_in..(iy + 1) * w * k_in],
-                                        w,
-                                        pw_act,
-                                        None,
-                                        &mut ring[slot * w * ce..(slot + 1) * w * ce],
-                                        &mut scratch.im2col,
-                                    );
-                                    held[slot] = iy;
-                                }
-                                rows.push(slot * w * ce);
-                            }
-                            None => rows.push(iy * w * ce),
-                        }
-                    }
-                    let input = if expand.is_some() { &*ring } else { x };
-                    let dw_out = &mut dw_row[..ow * ce];
-                    kernels::depthwise_row(
-                        isa,
-                        input,
-                        &rows,
-                        oy,
+                let rows = |oys: Range<usize>, out: &mut [f32], local: &mut Local| {
+                    // Rows of pixels: the residual's rows are pixels.
+                    let r = res(residual, &(oys.start * ow..oys.end * ow));
+                    let block = BlockLayer {
+                        expand: expand.as_ref(),
                         win,
                         dw,
                         dw_act,
-                        dw_out,
-                        &mut scratch.taps,
-                    );
-                    let r = residual.map(|(v, channels)| Residual {
-                        data: &buf(v)[oy * ow * channels..(oy + 1) * ow * channels],
-                        channels,
-                    });
-                    project.run(
-                        isa,
-                        dw_out,
-                        ow,
+                        project,
                         act,
-                        r,
-                        &mut out[oy * ow * co..(oy + 1) * ow * co],
-                        &mut scratch.im2col,
-                    );
-                }
+                    };
+                    block.run_rows(isa, x, oys, r, out, local);
+                };
+                halves(split, oh, ow * co, 1, &mut out, main, helper, rows);
             }
             Layer::Gemm {
                 src,
@@ -600,7 +644,14 @@ impl Program {
                 act,
                 residual,
                 ..
-            } => kernels::gemm(isa, buf(*src), *m, w.k, w, act, res(residual), &mut out),
+            } => {
+                let a = buf(*src);
+                let rows = |r: Range<usize>, out: &mut [f32], _: &mut Local| {
+                    let a = &a[r.start * w.k..];
+                    kernels::gemm(isa, a, r.len(), w.k, w, act, res(residual, &r), out)
+                };
+                halves(split, *m, w.n, GEMM_ALIGN, &mut out, main, helper, rows);
+            }
             Layer::SparseGemm {
                 src,
                 m,
@@ -608,17 +659,25 @@ impl Program {
                 act,
                 residual,
                 ..
-            } => kernels::sparse_gemm(
-                isa,
-                buf(*src),
-                *m,
-                w.k,
-                w,
-                act,
-                res(residual),
-                &mut out,
-                &mut scratch.im2col,
-            ),
+            } => {
+                let a = buf(*src);
+                let rows = |r: Range<usize>, out: &mut [f32], local: &mut Local| {
+                    let a = &a[r.start * w.k..];
+                    let r_res = res(residual, &r);
+                    kernels::sparse_gemm(
+                        isa,
+                        a,
+                        r.len(),
+                        w.k,
+                        w,
+                        act,
+                        r_res,
+                        out,
+                        &mut local.im2col,
+                    )
+                };
+                halves(split, *m, w.n, GEMM_ALIGN, &mut out, main, helper, rows);
+            }
             Layer::Dense {
                 src,
                 win,
@@ -629,21 +688,60 @@ impl Program {
                 ..
             } => {
                 let (oh, ow) = win.output_size().unwrap_or((0, 0));
-                kernels::im2col(buf(*src), win, *c_in, &mut scratch.im2col);
-                kernels::gemm(
-                    isa,
-                    &scratch.im2col,
+                // The matrix is built once, on this thread; both halves of
+                // the GEMM read it.
+                let mut cols = std::mem::take(&mut main.im2col);
+                kernels::im2col(buf(*src), win, *c_in, &mut cols);
+                let a = &cols[..];
+                let rows = |r: Range<usize>, out: &mut [f32], _: &mut Local| {
+                    let a = &a[r.start * w.k..];
+                    kernels::gemm(isa, a, r.len(), w.k, w, act, res(residual, &r), out)
+                };
+                halves(
+                    split,
                     oh * ow,
-                    w.k,
-                    w,
-                    act,
-                    res(residual),
+                    w.n,
+                    GEMM_ALIGN,
                     &mut out,
+                    main,
+                    helper,
+                    rows,
                 );
+                main.im2col = cols;
             }
             Layer::Depthwise {
                 src, win, w, act, ..
-            } => kernels::depthwise(isa, buf(*src), win, w, act, &mut out),
+            } => {
+                let (oh, ow) = win.output_size().unwrap_or((0, 0));
+                if split {
+                    let x = buf(*src);
+                    let rows = |oys: Range<usize>, out: &mut [f32], local: &mut Local| {
+                        let mut offsets = Vec::with_capacity(win.kh);
+                        for (i, oy) in oys.enumerate() {
+                            let (iy0, ky_range) = win.rows(oy);
+                            offsets.clear();
+                            offsets.extend(
+                                ky_range.map(|ky| (iy0 + ky as isize) as usize * win.w * w.c),
+                            );
+                            let out_row = &mut out[i * ow * w.c..(i + 1) * ow * w.c];
+                            kernels::depthwise_row(
+                                isa,
+                                x,
+                                &offsets,
+                                oy,
+                                win,
+                                w,
+                                act,
+                                out_row,
+                                &mut local.taps,
+                            );
+                        }
+                    };
+                    halves(true, oh, ow * w.c, 1, &mut out, main, helper, rows);
+                } else {
+                    kernels::depthwise(isa, buf(*src), win, w, act, &mut out)
+                }
+            }
             Layer::MaxPool { src, win, c, .. } => {
                 kernels::max_pool(isa, buf(*src), win, *c, &mut out)
             }
@@ -703,6 +801,131 @@ impl Program {
             }
         }
         scratch.slots[dst_slot] = out;
+    }
+}
+
+/// Layers with fewer multiply-adds than this run on one thread even when
+/// split (about 30 µs of work: below it the hand-off costs more than the
+/// second thread gains).
+const SPLIT_MIN_WORK: usize = 1 << 19;
+
+/// Split GEMMs at a multiple of this many rows: the sparse GEMM's pixel
+/// block, so each half's blocks are whole ones of the unsplit GEMM.
+const GEMM_ALIGN: usize = 32;
+
+/// Runs `f` on output rows `0..rows` of `out` (`row_len` floats each), as
+/// two halves split at a multiple of `align` rows, on two threads of the
+/// current rayon pool when `split` (the second half with `helper`'s
+/// buffers), else whole on this thread. `f` gets the rows, their part of
+/// `out` and the buffers to use.
+#[allow(clippy::too_many_arguments)]
+fn halves<F>(
+    split: bool,
+    rows: usize,
+    row_len: usize,
+    align: usize,
+    out: &mut [f32],
+    main: &mut Local,
+    helper: &mut Local,
+    f: F,
+) where
+    F: Fn(Range<usize>, &mut [f32], &mut Local) + Sync,
+{
+    let out = &mut out[..rows * row_len];
+    let mid = (rows / 2).div_ceil(align) * align;
+    if !split || mid == 0 || mid >= rows {
+        f(0..rows, out, main);
+        return;
+    }
+    let (first, second) = out.split_at_mut(mid * row_len);
+    rayon::join(|| f(0..mid, first, main), || f(mid..rows, second, helper));
+}
+
+/// The parts of a [`Layer::Block`] its rows are computed from.
+struct BlockLayer<'a> {
+    expand: Option<&'a (Pointwise, Activation)>,
+    win: &'a Window,
+    dw: &'a PackedDepthwise,
+    dw_act: &'a Activation,
+    project: &'a Pointwise,
+    act: &'a Activation,
+}
+
+impl BlockLayer<'_> {
+    /// Output rows `oys` into `out` (those rows only), one row at a time:
+    /// the expanded input rows it needs into `local`'s ring (each computed
+    /// once per call), the depthwise row, its projection.
+    fn run_rows(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        oys: Range<usize>,
+        residual: Option<Residual<'_>>,
+        out: &mut [f32],
+        local: &mut Local,
+    ) {
+        let win = self.win;
+        let (_, ow) = win.output_size().unwrap_or((0, 0));
+        let (w, ce, co) = (win.w, self.dw.c, self.project.n());
+        let (ring, dw_row) = local.block.split_at_mut(win.kh * w * ce);
+        let k_in = x.len() / (win.h * w).max(1);
+        // Input row each ring slot holds (slot = row % kh).
+        let mut held = vec![usize::MAX; win.kh];
+        let mut rows = Vec::with_capacity(win.kh);
+        let first = oys.start;
+        for oy in oys {
+            let (iy0, ky_range) = win.rows(oy);
+            rows.clear();
+            for ky in ky_range {
+                let iy = (iy0 + ky as isize) as usize;
+                match self.expand {
+                    Some((pw, pw_act)) => {
+                        let slot = iy % win.kh;
+                        if held[slot] != iy {
+                            pw.run(
+                                isa,
+                                &x[iy * w * k_in..(iy + 1) * w * k_in],
+                                w,
+                                pw_act,
+                                None,
+                                &mut ring[slot * w * ce..(slot + 1) * w * ce],
+                                &mut local.im2col,
+                            );
+                            held[slot] = iy;
+                        }
+                        rows.push(slot * w * ce);
+                    }
+                    None => rows.push(iy * w * ce),
+                }
+            }
+            let input = if self.expand.is_some() { &*ring } else { x };
+            let dw_out = &mut dw_row[..ow * ce];
+            kernels::depthwise_row(
+                isa,
+                input,
+                &rows,
+                oy,
+                win,
+                self.dw,
+                self.dw_act,
+                dw_out,
+                &mut local.taps,
+            );
+            let i = oy - first;
+            let r = residual.map(|r| Residual {
+                data: &r.data[i * ow * r.channels..(i + 1) * ow * r.channels],
+                channels: r.channels,
+            });
+            self.project.run(
+                isa,
+                dw_out,
+                ow,
+                self.act,
+                r,
+                &mut out[i * ow * co..(i + 1) * ow * co],
+                &mut local.im2col,
+            );
+        }
     }
 }
 

@@ -105,3 +105,40 @@ fn every_net_matches_tflite_on_every_isa() {
         }
     }
 }
+
+/// Each net with its large layers halved across two threads
+/// (`Program::run_on`) gives the unsplit outputs bit for bit, on every
+/// instruction set: the halves' row ranges, residual rows and the second
+/// thread's buffers are exact, and a split run leaves nothing behind for
+/// the next one on the same scratch.
+#[test]
+fn every_net_split_across_two_threads_is_bit_identical() {
+    let pool = holistream_kernels::split_pool();
+    for net in NETS {
+        let program =
+            Program::from_onnx(&std::fs::read(models_dir().join(format!("{net}.onnx"))).unwrap())
+                .unwrap();
+        let dir = models_dir().join("fixtures").join(net);
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        let input = fixture_input(&dir, &meta);
+        for isa in Isa::available() {
+            let program = program.clone().with_isa(isa);
+            let mut scratch = program.scratch();
+            let want = program.run(&input, &mut scratch).unwrap();
+            for round in 0..3 {
+                let got = program.run_on(&input, &mut scratch, Some(pool)).unwrap();
+                assert!(
+                    got == want,
+                    "{net}/{} split run {round} differs from the single-thread run",
+                    isa.name()
+                );
+            }
+            assert_eq!(
+                program.run(&input, &mut scratch).unwrap(),
+                want,
+                "{net}: after split runs"
+            );
+        }
+    }
+}
