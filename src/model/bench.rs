@@ -198,7 +198,12 @@ impl MediaPipeTimes {
 /// Medians of one bench run, in ms.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
+    /// Forward-only median per net, one thread.
     pub nets: Vec<(Net, f64)>,
+    /// The same with the net's large layers split across two threads
+    /// ([`holistream_nets::NetRunner::run_split`]), timed alternately with
+    /// the one-thread runs; equal to them where the nets cannot split.
+    pub nets_split: Vec<(Net, f64)>,
     pub static_frame: f64,
     pub tracking_frame: f64,
     /// Median per-stage times of the static frames.
@@ -229,12 +234,17 @@ pub fn run(
 ) -> Result<BenchReport, ModelError> {
     let iters = iters.max(1);
     let mut nets = Vec::new();
+    let mut nets_split = Vec::new();
     for net in Net::ALL {
-        holistic.time_net(net)?;
-        let mut times = (0..iters)
-            .map(|_| holistic.time_net(net))
-            .collect::<Result<Vec<_>, _>>()?;
-        nets.push((net, median(&mut times)));
+        holistic.time_net(net, false)?;
+        holistic.time_net(net, true)?;
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        for _ in 0..iters {
+            one.push(holistic.time_net(net, false)?);
+            two.push(holistic.time_net(net, true)?);
+        }
+        nets.push((net, median(&mut one)));
+        nets_split.push((net, median(&mut two)));
     }
 
     let parts = Parts::default();
@@ -282,6 +292,7 @@ pub fn run(
     let [a, b, c, d, e, f] = stages.map(|mut s| median(&mut s));
     Ok(BenchReport {
         nets,
+        nets_split,
         static_frame: median(&mut static_times),
         tracking_frame: median(&mut tracking_times),
         static_stages: super::StageTimings {
@@ -308,21 +319,21 @@ impl BenchReport {
         )?;
         writeln!(
             f,
-            "{:<28} {:>9} {:>10} {:>7}",
-            "net (forward only)", "ours", "mediapipe", "ratio"
+            "{:<28} {:>9} {:>10} {:>7} {:>10} {:>9}",
+            "net (forward only)", "ours", "mediapipe", "ratio", "2 threads", "2t/1t"
         )?;
-        for (net, ms) in &self.nets {
-            match mp.net_ms(*net) {
-                Some(mp) => writeln!(
-                    f,
-                    "{:<28} {:>9.2} {:>10.2} {:>6.1}x",
-                    net.name(),
-                    ms,
-                    mp,
-                    ms / mp
-                )?,
-                None => writeln!(f, "{:<28} {:>9.2} {:>10} {:>7}", net.name(), ms, "-", "-")?,
-            }
+        for ((net, ms), (_, split)) in self.nets.iter().zip(&self.nets_split) {
+            let mp = mp.net_ms(*net);
+            writeln!(
+                f,
+                "{:<28} {:>9.2} {:>10} {:>7} {:>10.2} {:>9}",
+                net.name(),
+                ms,
+                self::ms(mp),
+                ratio(Some(*ms), mp),
+                split,
+                ratio(Some(*split), Some(*ms))
+            )?;
         }
         let s = &self.static_stages;
         writeln!(
@@ -516,7 +527,7 @@ impl std::fmt::Display for Comparison {
         if !self.throughput.is_empty() {
             writeln!(
                 f,
-                "== throughput ({} cores; one Holistic per worker thread, each running the right hand on a second thread while a core is free; burn flex uses its own intra-op threads)",
+                "== throughput ({} cores; one Holistic per worker thread, each taking a second core while one is free (the right hand on its own thread, the other nets split across two); burn flex uses its own intra-op threads)",
                 self.cores
             )?;
             writeln!(

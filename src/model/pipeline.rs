@@ -433,6 +433,7 @@ impl Holistic {
     }
 
     /// §7: one hand: pose ROI, re-crop net, tracking choice, landmark net.
+    #[allow(clippy::too_many_arguments)]
     fn hand(
         &self,
         image: &RgbImage,
@@ -530,12 +531,17 @@ impl Holistic {
         }
     }
 
-    /// Runs one net on a mid-grey input: the per-net timing the bench reports.
-    pub fn time_net(&self, net: Net) -> Result<f64, ModelError> {
+    /// Runs one net on a mid-grey input, on one thread or `split` across
+    /// two ([`NetRunner::run_split`]): the per-net timing the bench reports.
+    pub fn time_net(&self, net: Net, split: bool) -> Result<f64, ModelError> {
         let (h, w) = net.input_size();
         let input = vec![0.5f32; h * w * 3];
         let t = Instant::now();
-        self.nets.run(net, &input)?;
+        if split {
+            self.nets.run_split(net, &input)?;
+        } else {
+            self.nets.run(net, &input)?;
+        }
         Ok(ms_since(t))
     }
 }

@@ -37,6 +37,10 @@ fn main() {
         }
         let bytes = std::fs::read(dir.join(format!("{net}.onnx"))).unwrap();
         let program = Program::from_onnx(&bytes).unwrap().with_isa(isa);
+        println!(
+            "{net}: {:.1} M multiply-adds in layers worth splitting",
+            program.split_work() as f64 / 1e6
+        );
         let (h, w, c) = program.input_shape();
         let input: Vec<f32> = (0..h * w * c)
             .map(|i| ((i * 7919) % 255) as f32 / 255.0)

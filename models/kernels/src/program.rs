@@ -400,6 +400,15 @@ impl Program {
         self.steps.len()
     }
 
+    /// Multiply-adds of the layers worth splitting ([`Program::run_on`]).
+    pub fn split_work(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| self.work(&s.layer))
+            .filter(|&w| w >= SPLIT_MIN_WORK)
+            .sum()
+    }
+
     /// Buffers sized for this program.
     pub fn scratch(&self) -> Scratch {
         Scratch {
@@ -436,7 +445,9 @@ impl Program {
     /// [`Program::run`], with each large layer split in two halves of its
     /// output rows, run on two threads of `pool` (`None`: on the calling
     /// thread). Every output element is computed by the same operations as
-    /// in [`Program::run`], so the results are the same bit for bit.
+    /// in [`Program::run`], so the results are the same bit for bit. A small
+    /// net (under [`NET_SPLIT_MIN_WORK`] in such layers) runs on one thread:
+    /// there the threads' hand-offs cost what the second core gains.
     ///
     /// One frame's latency is what this buys, where a core would otherwise
     /// sit idle (the pose nets run before the face and hands can start); a
@@ -467,7 +478,8 @@ impl Program {
             *scratch = self.scratch();
         }
         scratch.slots[self.input_slot][..input_nhwc.len()].copy_from_slice(input_nhwc);
-        match pool.filter(|p| p.current_num_threads() >= 2) {
+        let worth_it = self.split_work() >= NET_SPLIT_MIN_WORK;
+        match pool.filter(|p| worth_it && p.current_num_threads() >= 2) {
             // Inside the pool, `rayon::join` hands the second half to the
             // pool's other thread when it is free, else runs it here.
             Some(pool) => pool.install(|| {
@@ -808,6 +820,12 @@ impl Program {
 /// split (about 30 µs of work: below it the hand-off costs more than the
 /// second thread gains).
 const SPLIT_MIN_WORK: usize = 1 << 19;
+
+/// Nets with fewer multiply-adds than this in their large layers
+/// ([`Program::split_work`]) are not split: the face and hand re-crop nets
+/// (8–32 M) ran no faster on two threads, the pose and hand landmark nets
+/// (130–320 M) a quarter to a third faster.
+pub const NET_SPLIT_MIN_WORK: usize = 64_000_000;
 
 /// Split GEMMs at a multiple of this many rows: the sparse GEMM's pixel
 /// block, so each half's blocks are whole ones of the unsplit GEMM.
