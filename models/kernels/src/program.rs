@@ -311,6 +311,8 @@ impl Layer {
 #[derive(Debug, Clone)]
 struct Step {
     layer: Layer,
+    /// Large enough to halve across two threads ([`SPLIT_MIN_WORK`]).
+    split: bool,
 }
 
 /// One graph output: where it ends up and its shape in TFLite (NHWC) order.
@@ -340,6 +342,8 @@ pub struct Program {
     im2col_size: usize,
     block_size: usize,
     outputs: Vec<OutputSpec>,
+    /// Multiply-adds in the steps marked `split`.
+    split_work: usize,
 }
 
 /// The buffers one worker runs a [`Program`] on, kept across frames.
@@ -402,11 +406,7 @@ impl Program {
 
     /// Multiply-adds of the layers worth splitting ([`Program::run_on`]).
     pub fn split_work(&self) -> usize {
-        self.steps
-            .iter()
-            .map(|s| self.work(&s.layer))
-            .filter(|&w| w >= SPLIT_MIN_WORK)
-            .sum()
+        self.split_work
     }
 
     /// Buffers sized for this program.
@@ -478,13 +478,13 @@ impl Program {
             *scratch = self.scratch();
         }
         scratch.slots[self.input_slot][..input_nhwc.len()].copy_from_slice(input_nhwc);
-        let worth_it = self.split_work() >= NET_SPLIT_MIN_WORK;
+        let worth_it = self.split_work >= NET_SPLIT_MIN_WORK;
         match pool.filter(|p| worth_it && p.current_num_threads() >= 2) {
             // Inside the pool, `rayon::join` hands the second half to the
             // pool's other thread when it is free, else runs it here.
             Some(pool) => pool.install(|| {
                 for step in &self.steps {
-                    self.run_step(&step.layer, scratch, true);
+                    self.run_step(&step.layer, scratch, step.split);
                 }
             }),
             None => {
@@ -566,41 +566,8 @@ impl Program {
         format!("{kind} {shape}")
     }
 
-    /// Multiply-adds of a layer, roughly: whether splitting it across two
-    /// threads pays for the hand-off.
-    fn work(&self, layer: &Layer) -> usize {
-        let rows_of = |win: &Window| {
-            let (oh, ow) = win.output_size().unwrap_or((0, 0));
-            oh * ow
-        };
-        let pointwise = |pw: &Pointwise| match pw {
-            Pointwise::Dense(w) => w.k * w.n,
-            Pointwise::Sparse(w) => (w.density() * (w.k * w.n) as f32) as usize,
-        };
-        match layer {
-            Layer::Block {
-                expand,
-                win,
-                dw,
-                project,
-                ..
-            } => {
-                rows_of(win)
-                    * (dw.c * win.kh * win.kw
-                        + pointwise(project)
-                        + expand.as_ref().map_or(0, |(pw, _)| pointwise(pw)))
-            }
-            Layer::Gemm { m, w, .. } => m * w.k * w.n,
-            Layer::SparseGemm { m, w, .. } => (w.density() * (m * w.k * w.n) as f32) as usize,
-            Layer::Dense { win, w, .. } => rows_of(win) * w.k * w.n,
-            Layer::Depthwise { win, w, .. } => rows_of(win) * w.c * win.kh * win.kw,
-            _ => 0,
-        }
-    }
-
     fn run_step(&self, layer: &Layer, scratch: &mut Scratch, split: bool) {
         let isa = self.isa;
-        let split = split && self.work(layer) >= SPLIT_MIN_WORK;
         let dst_slot = self.slot_of[layer.dst()];
         // Lowering never gives a layer's output the slot of one of its
         // inputs, so the output buffer can be taken out while inputs are read.
@@ -813,6 +780,38 @@ impl Program {
             }
         }
         scratch.slots[dst_slot] = out;
+    }
+}
+
+/// Multiply-adds of a layer, roughly: whether splitting it across two
+/// threads pays for the hand-off.
+fn work(layer: &Layer) -> usize {
+    let rows_of = |win: &Window| {
+        let (oh, ow) = win.output_size().unwrap_or((0, 0));
+        oh * ow
+    };
+    let pointwise = |pw: &Pointwise| match pw {
+        Pointwise::Dense(w) => w.k * w.n,
+        Pointwise::Sparse(w) => (w.density() * (w.k * w.n) as f32) as usize,
+    };
+    match layer {
+        Layer::Block {
+            expand,
+            win,
+            dw,
+            project,
+            ..
+        } => {
+            rows_of(win)
+                * (dw.c * win.kh * win.kw
+                    + pointwise(project)
+                    + expand.as_ref().map_or(0, |(pw, _)| pointwise(pw)))
+        }
+        Layer::Gemm { m, w, .. } => m * w.k * w.n,
+        Layer::SparseGemm { m, w, .. } => (w.density() * (m * w.k * w.n) as f32) as usize,
+        Layer::Dense { win, w, .. } => rows_of(win) * w.k * w.n,
+        Layer::Depthwise { win, w, .. } => rows_of(win) * w.c * win.kh * win.kw,
+        _ => 0,
     }
 }
 
@@ -2014,7 +2013,18 @@ fn allocate(
         isa: Isa::detect(),
         input_shape,
         input_slot: slot_of[input],
-        steps: layers.into_iter().map(|layer| Step { layer }).collect(),
+        split_work: layers
+            .iter()
+            .map(work)
+            .filter(|&w| w >= SPLIT_MIN_WORK)
+            .sum(),
+        steps: layers
+            .into_iter()
+            .map(|layer| Step {
+                split: work(&layer) >= SPLIT_MIN_WORK,
+                layer,
+            })
+            .collect(),
         slot_of,
         shapes: values.into_iter().map(|v| v.shape).collect(),
         slot_sizes,
