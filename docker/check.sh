@@ -3,9 +3,12 @@
 #   1. docker/compose.yaml parses and validates (docker-compose `config`,
 #      which resolves anchors, merges and env interpolation and checks the
 #      schema), and names the services the docs promise;
-#   2. docker/nginx.conf passes `nginx -t` (the upstream host names are
-#      pointed at loopback in a scratch copy, since only compose's network
-#      resolves them);
+#   2. docker/nginx.conf passes `nginx -t` in both of its sites, each picked
+#      by docker/nginx-site.sh as in the container: plain HTTP (no
+#      certificate) and HTTPS (a throwaway self-signed one); the upstream host
+#      names are pointed at loopback in a scratch copy, since only compose's
+#      network resolves them. tests/nginx.rs runs the same files with real
+#      traffic;
 #   3. docker/Dockerfile: every COPY source exists, the stages, the build
 #      command (tests/deploy_files.rs checks it against CI's build);
 #   4. with --build: builds the exact binary the Dockerfile builds, the same
@@ -31,13 +34,16 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
 echo "== compose: validate"
-HOLISTREAM_PASSWORD=check docker-compose -f docker/compose.yaml config >"$scratch/compose.resolved.yaml"
-services=$(HOLISTREAM_PASSWORD=check docker-compose -f docker/compose.yaml config --services | sort | tr '\n' ' ')
+export HOLISTREAM_PASSWORD=check REDIS_PASSWORD=check-redis
+docker-compose -f docker/compose.yaml config >"$scratch/compose.resolved.yaml"
+services=$(docker-compose -f docker/compose.yaml config --services | sort | tr '\n' ' ')
 [ "$services" = "gateway1 gateway2 nginx redis worker " ] || { echo "unexpected services: $services" >&2; exit 1; }
-# The password must be required, not defaulted.
-if env -u HOLISTREAM_PASSWORD docker-compose -f docker/compose.yaml config >/dev/null 2>&1; then
-  echo "compose accepted a missing HOLISTREAM_PASSWORD" >&2; exit 1
-fi
+# The passwords must be required, not defaulted.
+for secret in HOLISTREAM_PASSWORD REDIS_PASSWORD; do
+  if env -u "$secret" docker-compose -f docker/compose.yaml config >/dev/null 2>&1; then
+    echo "compose accepted a missing $secret" >&2; exit 1
+  fi
+done
 # The worker must be scalable: no fixed container name, no published port.
 # Debian's python3 has yaml (python3-yaml comes with docker-compose).
 PY3=$([ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)
@@ -50,32 +56,56 @@ for g in ("gateway1", "gateway2"):
     env = c["services"][g]["environment"]
     assert env["HOLISTREAM_POOL"] == "redis", g
 assert c["services"]["worker"]["command"][0] == "worker"
+# Redis wants its password, and everyone who talks to it has it.
+r = c["services"]["redis"]["command"]
+assert r[r.index("--requirepass") + 1] == "check-redis", r
+for s in ("gateway1", "gateway2", "worker"):
+    assert c["services"][s]["environment"]["REDIS_URL"] == "redis://:check-redis@redis:6379/0", s
+# Only nginx is published; it forwards the client address, which the
+# gateways believe from the compose network only.
+for s in ("gateway1", "gateway2", "worker", "redis"):
+    assert "ports" not in c["services"][s], s
+subnet = c["networks"]["default"]["ipam"]["config"][0]["subnet"]
+for g in ("gateway1", "gateway2"):
+    assert c["services"][g]["environment"]["HOLISTREAM_TRUSTED_PROXIES"] == subnet, g
+targets = sorted(p["target"] for p in c["services"]["nginx"]["ports"])
+assert targets == [80, 443], targets
+mounts = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in c["services"]["nginx"]["volumes"]]
+for t in ("/etc/nginx/nginx.conf", "/etc/nginx/holistream", "/etc/nginx/certs",
+          "/docker-entrypoint.d/40-holistream-site.sh"):
+    assert t in mounts, (t, mounts)
 PY
 
-echo "== nginx: nginx -t"
-mkdir -p "$scratch/nginx"
-sed -e 's/server gateway[12]:8080/server 127.0.0.1:8080/' docker/nginx.conf >"$scratch/nginx/nginx.conf"
-"$NGINX" -t -q -c "$scratch/nginx/nginx.conf" -g "error_log $scratch/nginx/error.log;"
-# The optional TLS block too: uncommented, with a throwaway self-signed pair.
-python3 - "$scratch/nginx/nginx.conf" "$scratch/nginx/tls.conf" "$scratch/nginx" <<'PY'
-import sys
-src, dst, certs = sys.argv[1:]
-out, tls = [], False
-for line in open(src):
-    if "TLS termination" in line:
-        tls = True
-    if tls and line.startswith("    # ") and not line.startswith("    # TLS") and (line[6:7] in " s}"):
-        line = "    " + line[6:]
-    out.append(line.replace("/etc/nginx/certs", certs))
-text = "".join(out)
-assert "listen 443 ssl;" in text and "\n    server {\n        listen 443" in text, "TLS block not found"
-open(dst, "w").write(text)
-PY
+echo "== nginx: nginx -t, plain HTTP and HTTPS"
+# The layout of the container: nginx.conf, holistream/ beside it, certs/.
+conf="$scratch/nginx"
+mkdir -p "$conf/holistream"
+sed -e 's/server gateway[12]:8080/server 127.0.0.1:8080/' -e "s#^pid .*#pid $conf/nginx.pid;#" \
+  docker/nginx.conf >"$conf/nginx.conf"
+cp docker/nginx/*.conf "$conf/holistream/"
+[ -x docker/nginx-site.sh ] || { echo "docker/nginx-site.sh is not executable (the image's entrypoint skips it)" >&2; exit 1; }
+docker/nginx-site.sh "$conf" >/dev/null
+grep -q 'include holistream/http.conf;' "$conf/holistream-site.conf"
+"$NGINX" -t -q -c "$conf/nginx.conf" -e "$conf/error.log"
+mkdir "$conf/certs"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
-  -keyout "$scratch/nginx/privkey.pem" -out "$scratch/nginx/fullchain.pem" 2>/dev/null
-"$NGINX" -t -q -c "$scratch/nginx/tls.conf" -g "error_log $scratch/nginx/error.log;"
-grep -q 'proxy_set_header Upgrade \$http_upgrade' docker/nginx.conf
-grep -q 'proxy_read_timeout 3600s' docker/nginx.conf
+  -keyout "$conf/certs/privkey.pem" -out "$conf/certs/fullchain.pem" 2>/dev/null
+HOLISTREAM_HTTPS_PORT=8443 docker/nginx-site.sh "$conf" >/dev/null
+grep -q 'include holistream/https.conf;' "$conf/holistream-site.conf"
+"$NGINX" -t -q -c "$conf/nginx.conf" -e "$conf/error.log"
+# Half a pair is refused, not served as plain HTTP.
+rm "$conf/certs/privkey.pem"
+if docker/nginx-site.sh "$conf" >/dev/null 2>&1; then
+  echo "nginx-site.sh accepted a certificate without its key" >&2; exit 1
+fi
+for f in docker/nginx/locations.conf; do
+  grep -q 'proxy_set_header Upgrade \$http_upgrade' "$f"
+  grep -q 'proxy_set_header Host \$http_host' "$f"
+  grep -q 'proxy_set_header X-Forwarded-For \$remote_addr' "$f"
+  grep -q 'proxy_read_timeout 3600s' "$f"
+done
+grep -q 'ssl_protocols TLSv1.2 TLSv1.3;' docker/nginx/https.conf
+grep -q 'Strict-Transport-Security' docker/nginx/https.conf
 
 echo "== Dockerfile: sources and stages"
 grep -q '^FROM .* AS build$' docker/Dockerfile
