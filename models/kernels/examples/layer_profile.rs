@@ -2,7 +2,7 @@
 //! `VERBOSE=1` each layer's median (unsorted, run order), on a synthetic
 //! input: `cargo run -p holistream-kernels --example layer_profile [net|all]
 //! [iters]`; `ISA=portable|avx2+fma|avx512` picks the instruction set
-//! (default: the fastest this CPU has); `SPLIT=1` also times each whole run
+//! (default: `HOLISTREAM_ISA`'s, else the fastest this CPU has); `SPLIT=1` also times each whole run
 //! with large layers split across a two-thread pool (`Program::run_on`),
 //! interleaved with the single-thread runs. No burn, so it rebuilds in seconds
 //! while tuning the kernels.
@@ -24,10 +24,7 @@ fn main() {
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let isa = match std::env::var("ISA") {
-        Ok(name) => *Isa::available()
-            .iter()
-            .find(|isa| isa.name() == name)
-            .unwrap_or_else(|| panic!("ISA={name}: not one of this CPU's {:?}", Isa::available())),
+        Ok(name) => Isa::by_name("ISA", &name).unwrap_or_else(|e| panic!("{e}")),
         Err(_) => Isa::detect(),
     };
     println!("instruction set: {}", isa.name());
