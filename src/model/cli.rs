@@ -1,10 +1,8 @@
 //! The model commands of the `holistream` binary: `infer`, `parity`, `bench`.
 //! `main.rs` only parses arguments and calls these.
 
-use super::{
-    Backend, Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, decode_image, draw,
-    parity,
-};
+use super::image_input::{DecodeLimits, decode_image_with};
+use super::{Backend, Holistic, Mode, Parts, ProcessOptions, TrackingState, bench, draw, parity};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 
@@ -95,7 +93,10 @@ pub struct BenchArgs {
 
 fn load_image(path: &Path) -> anyhow::Result<image::RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    decode_image(&bytes).with_context(|| format!("decoding {}", path.display()))
+    // Photos, not camera frames: larger (a phone's are 4032x3024), and the
+    // operator's own files; still bounded, by the hard cap.
+    decode_image_with(&bytes, &DecodeLimits::PHOTO)
+        .with_context(|| format!("decoding {}", path.display()))
 }
 
 use super::Net;

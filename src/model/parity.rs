@@ -334,10 +334,15 @@ pub fn check_dir(
     for path in goldens {
         let golden: GoldenImage = parse(&path)?;
         let image_path = dir.join("images").join(&golden.image);
-        let image = decode_image(&read(&image_path)?).map_err(|e| ParityError::Model {
-            path: image_path.clone(),
-            source: e.into(),
-        })?;
+        // The test photos go up to 1920x1448: above a camera frame's limits.
+        let photo = &super::image_input::DecodeLimits::PHOTO;
+        let image =
+            super::image_input::decode_image_with(&read(&image_path)?, photo).map_err(|e| {
+                ParityError::Model {
+                    path: image_path.clone(),
+                    source: e.into(),
+                }
+            })?;
         if image.dimensions() != (golden.width, golden.height) {
             return Err(ParityError::Data(format!(
                 "{}: image is {:?}, golden says {}x{}",
