@@ -10,6 +10,20 @@
 //! SCALEOUT_SECONDS=15 SCALEOUT_CLIENTS=4 SCALEOUT_ROUNDS=3 SCALEOUT_FRAMES=40 …
 //! ```
 //!
+//! `SCALEOUT_SMOKE=1` is CI's short run (tens of seconds, no figures worth
+//! quoting): 3 warm-up and 5 measured frames, one round of 2 clients for
+//! 3 s per phase. Whatever the mode, the run fails unless every frame got a
+//! result (none lost, expired, trimmed or refused: the TTLs are a minute and
+//! the submitters far fewer than the backlog, so any error is a bug), the
+//! remote pool's counters add up (every job submitted was answered by a
+//! result, none is still waiting, no result came for a job already
+//! answered), nothing is left pending in the workers' group, and the second
+//! worker process left the group when stopped:
+//!
+//! ```sh
+//! SCALEOUT_SMOKE=1 cargo test --workspace --locked --bench scaleout
+//! ```
+//!
 //! Needs `redis-server` on `PATH`. `RAYON_NUM_THREADS=1` gives every
 //! pipeline (this process's and each worker process's) one core, the unit
 //! that scale-out adds; the children inherit the environment.
@@ -246,18 +260,32 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Jobs pending in the workers' group (delivered, not acknowledged).
+fn pending(url: &str) -> u64 {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let summary: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(JOBS_STREAM)
+        .arg("workers")
+        .query(&mut con)
+        .expect("XPENDING");
+    summary.count() as u64
+}
+
 fn main() {
-    let seconds: f64 = env_or("SCALEOUT_SECONDS", 15.0);
-    let clients: u32 = env_or("SCALEOUT_CLIENTS", 4);
-    let frames: u32 = env_or("SCALEOUT_FRAMES", 40);
-    let rounds: u32 = env_or("SCALEOUT_ROUNDS", 3);
+    let smoke = std::env::var("SCALEOUT_SMOKE").is_ok_and(|v| v == "1");
+    let seconds: f64 = env_or("SCALEOUT_SECONDS", if smoke { 3.0 } else { 15.0 });
+    let clients: u32 = env_or("SCALEOUT_CLIENTS", if smoke { 2 } else { 4 });
+    let frames: u32 = env_or("SCALEOUT_FRAMES", if smoke { 5 } else { 40 });
+    let rounds: u32 = env_or("SCALEOUT_ROUNDS", if smoke { 1 } else { 3 });
+    let started = Instant::now();
     let profile = if cfg!(debug_assertions) {
         "dev"
     } else {
         "release"
     };
     println!(
-        "scaleout bench: {profile} profile, RAYON_NUM_THREADS={}, {} cores, load average {}",
+        "scaleout bench{}: {profile} profile, RAYON_NUM_THREADS={}, {} cores, load average {}",
+        if smoke { " (smoke)" } else { "" },
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: one per core)".into()),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/loadavg")
@@ -338,10 +366,33 @@ fn main() {
         let mut two = Vec::new();
         for round in 0..rounds {
             one.push(closed_loop(&pool, &jpeg, clients, seconds).await);
-            let w2 = spawn_worker(&url, &format!("bench-w2-{round}"));
+            let name = format!("bench-w2-{round}");
+            let w2 = spawn_worker(&url, &name);
             two.push(closed_loop(&pool, &jpeg, clients, seconds).await);
             w2.stop();
+            // A clean stop finishes the job held and leaves the group.
+            let left = consumers(&url);
+            assert!(
+                !left.contains(&format!("{name}-0")),
+                "stopped worker {name} still in the group: {left:?}"
+            );
         }
+        // The invariants, in every mode: each frame of each phase got a
+        // result, and the pool's books balance.
+        let phases = one.iter().map(|l| ("1 worker", l));
+        for (phase, load) in phases.chain(two.iter().map(|l| ("2 workers", l))) {
+            let (errors, results) = (load.errors, load.results);
+            assert_eq!(errors, 0, "{phase}: {errors} frames answered with an error");
+            assert!(results > 0, "{phase}: no result in {:.1} s", load.seconds);
+        }
+        let stats = pool.stats();
+        let failed = [stats.lost, stats.expired, stats.trimmed, stats.refused];
+        assert_eq!(failed, [0; 4], "remote pool: {stats:?}");
+        assert_eq!((stats.late, stats.in_flight), (0, 0), "remote pool: {stats:?}");
+        assert_eq!(stats.submitted, stats.results, "remote pool: {stats:?}");
+        let answered: usize = one.iter().chain(&two).map(|l| l.results).sum();
+        assert_eq!(stats.results as usize, answered, "remote pool: {stats:?}");
+        assert_eq!(pending(&url), 0, "jobs left pending in the workers' group");
         pool.shutdown().await;
         println!(
             "throughput, {clients} closed-loop clients, {seconds} s per phase, median of {rounds} rounds:"
@@ -383,9 +434,10 @@ fn main() {
     });
     // The machine may be shared: its load says how many cores were free.
     println!(
-        "load average at the end: {}",
+        "load average at the end: {}; {:.1} s in all; no frame lost, expired or trimmed",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        started.elapsed().as_secs_f64()
     );
 }

@@ -1,7 +1,15 @@
 //! The `holistream` command line: parses arguments, sets up logging, and
 //! calls into the library.
+//!
+//! Exit codes: 0 success; 2 a usage error (clap) or a configuration error
+//! (unreadable, malformed or invalid config: one line on stderr, so that an
+//! operator's supervisor tells "fix the config" from "it crashed"); 1 any
+//! other failure.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use holistream::config::ConfigError;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -36,7 +44,7 @@ enum Command {
     Bench(holistream::model::cli::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if cli.log_json {
@@ -47,13 +55,46 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    match cli.command {
+    let outcome = match cli.command {
         Command::Serve(args) => holistream::http::serve(&args),
         Command::Loadgen(args) => holistream::loadgen::main(args),
-        Command::Worker(args) => Ok(holistream::worker::run(&args)?),
-        Command::Healthcheck(args) => Ok(holistream::healthcheck::check(&args)?),
+        Command::Worker(args) => holistream::worker::run(&args).map_err(anyhow::Error::from),
+        Command::Healthcheck(args) => {
+            holistream::healthcheck::check(&args).map_err(anyhow::Error::from)
+        }
         Command::Infer(args) => holistream::model::cli::infer(&args),
         Command::Parity(args) => holistream::model::cli::parity(&args),
         Command::Bench(args) => holistream::model::cli::bench(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.chain().find_map(|c| c.downcast_ref::<ConfigError>()) {
+            Some(config) => {
+                eprintln!("error: {}", one_line(config));
+                ExitCode::from(2)
+            }
+            // As `fn main() -> anyhow::Result<()>` reports it.
+            None => {
+                eprintln!("Error: {e:?}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// A configuration error on one line. A TOML parse error displays over
+/// several lines (a source excerpt with a caret under the column); its
+/// message lines are kept, joined with "; ", and the excerpt dropped: the
+/// position is already in its first line ("at line L, column C").
+fn one_line(e: &ConfigError) -> String {
+    let excerpt = |l: &str| {
+        l.split_once('|')
+            .is_some_and(|(gutter, _)| gutter.trim().chars().all(|c| c.is_ascii_digit()))
+    };
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !excerpt(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
