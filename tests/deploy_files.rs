@@ -1,17 +1,46 @@
 //! The deploy files (`docker/Dockerfile`, `docker/compose.yaml`,
-//! `docker/nginx.conf`, `docs/deploy.md`) checked against the binary under
-//! test, as far as a machine without a Docker engine allows. Cheap: no model
-//! is loaded, the binary only prints its `--help`.
+//! `docker/nginx.conf` with `docker/nginx/`, `docs/deploy.md`) checked against
+//! the binary under test, as far as a machine without a Docker engine allows.
+//! Cheap: no model is loaded, the binary only prints its `--help`.
 //!
 //! What this cannot check: that the image builds and runs (no engine), and
 //! the release profile itself (CI builds the dev profile only; the Dockerfile's
 //! command, lockfile, features and toolchain are checked to be CI's).
 //! `docker/check.sh` (run by `.ci/run`) adds `docker-compose config` and
-//! `nginx -t`.
+//! `nginx -t`; `tests/nginx.rs` runs the shipped nginx files with real traffic.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
+
+/// `(block, NAME)` for every `NAME: value` line of compose.yaml whose key is
+/// an environment variable's name (`[A-Z0-9_]+`); the block is the service
+/// (or top-level key, e.g. `x-gateway-env`) the line sits in.
+fn compose_variables(compose: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let (mut top, mut block) = (String::new(), String::new());
+    for line in compose.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim_start();
+        let Some((key, _)) = t.split_once(':') else {
+            continue;
+        };
+        if indent == 0 {
+            top = key.to_string();
+            block = top.clone();
+        } else if indent == 2 && top == "services" {
+            block = key.to_string();
+        }
+        if !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            out.push((block.clone(), key.to_string()));
+        }
+    }
+    out
+}
 
 fn repo_file(path: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -52,8 +81,9 @@ fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
 }
 
 /// Every environment variable the binary reads: the `env` of each flag (from
-/// `--help`), the secrets read by `Config::apply_env`, the log filter,
-/// rayon's thread count (the nets' CPU backend) and the model's switches.
+/// `--help`), the secrets and settings `src/config.rs` reads by name
+/// (`Config::apply_env`, `apply_env_settings`), the log filter, rayon's thread
+/// count (the nets' CPU backend) and the model's switches.
 fn variables_read() -> BTreeSet<String> {
     let mut read = BTreeSet::new();
     for sub in ["serve", "worker", "healthcheck", "loadgen"] {
@@ -64,6 +94,18 @@ fn variables_read() -> BTreeSet<String> {
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             read.insert(name);
+        }
+    }
+    // Names in string literals of the configuration module: what it reads
+    // from the environment besides the flags.
+    let config_rs = repo_file("src/config.rs");
+    for quoted in config_rs.split('"').skip(1).step_by(2) {
+        if quoted.starts_with("HOLISTREAM_")
+            && quoted
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            read.insert(quoted.to_string());
         }
     }
     read.insert(holistream::config::PASSWORD_ENV.to_string());
@@ -91,18 +133,14 @@ fn every_variable_the_deploy_files_set_is_read_and_documented() {
     let docs = repo_file("docs/deploy.md");
     let readme = repo_file("README.md");
 
-    // Set in a container: `NAME: value` under `environment:` in compose, or
-    // `ENV NAME=value` (and continuation lines) in the Dockerfile.
+    // Set in a holistream container: `NAME: value` under `environment:` in
+    // compose (outside the redis and nginx services, whose variables are
+    // their own: checked in `nginx_…` below), or `ENV NAME=value` (and
+    // continuation lines) in the Dockerfile.
     let mut set = BTreeSet::new();
-    for line in compose.lines().filter(|l| !l.trim_start().starts_with('#')) {
-        let t = line.trim_start();
-        if let Some((key, _)) = t.split_once(':')
-            && !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            set.insert(key.to_string());
+    for (service, key) in compose_variables(&compose) {
+        if service != "redis" && service != "nginx" {
+            set.insert(key);
         }
     }
     let mut in_env = false;
@@ -285,8 +323,31 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_real_subcommands() {
     }
 }
 
+/// The shipped nginx configuration: the main file, then each file of
+/// `docker/nginx/` (the sites and their shared locations).
+fn nginx_files() -> Vec<(String, String)> {
+    let mut files = vec![(
+        "docker/nginx.conf".to_string(),
+        repo_file("docker/nginx.conf"),
+    )];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker/nginx");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("docker/nginx/")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".conf"))
+        .collect();
+    names.sort();
+    for name in names {
+        let path = format!("docker/nginx/{name}");
+        let text = repo_file(&path);
+        files.push((path, text));
+    }
+    files
+}
+
 #[test]
 fn nginx_balances_over_the_gateways_compose_starts() {
+    let files = nginx_files();
     let nginx = repo_file("docker/nginx.conf");
     let compose = repo_file("docker/compose.yaml");
     let upstreams: BTreeSet<String> = nginx
@@ -305,12 +366,115 @@ fn nginx_balances_over_the_gateways_compose_starts() {
         );
         assert_eq!(port, "8080", "gateways listen on HOLISTREAM_PORT 8080");
     }
-    // WebSocket upgrade and a streaming-length read timeout.
-    assert!(nginx.contains("proxy_set_header Upgrade $http_upgrade;"));
-    assert!(nginx.contains("proxy_set_header Connection $connection_upgrade;"));
-    assert!(nginx.contains("proxy_read_timeout 3600s;"));
-    assert!(
-        nginx.matches('{').count() == nginx.matches('}').count(),
-        "unbalanced braces in nginx.conf"
+    for (path, text) in &files {
+        assert!(
+            text.matches('{').count() == text.matches('}').count(),
+            "unbalanced braces in {path}"
+        );
+    }
+
+    // Both sites include the one set of locations, which proxies with the
+    // WebSocket upgrade, a streaming-length read timeout, the Host with its
+    // port (the gateways' Origin check), and a client address the client
+    // cannot choose.
+    let locations = repo_file("docker/nginx/locations.conf");
+    for site in ["docker/nginx/http.conf", "docker/nginx/https.conf"] {
+        assert!(
+            repo_file(site).contains("include holistream/locations.conf;"),
+            "{site} does not include the shared locations"
+        );
+    }
+    for line in [
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Forwarded-For $remote_addr;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "proxy_read_timeout 3600s;",
+    ] {
+        assert!(locations.contains(line), "locations.conf lacks `{line}`");
+    }
+    for (path, text) in &files {
+        // The directives, without the comments that explain them.
+        let text: String = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !text.contains("proxy_set_header Host $host;"),
+            "{path} forwards Host without its port"
+        );
+        assert!(
+            !text.contains("$proxy_add_x_forwarded_for"),
+            "{path} passes on the client's own X-Forwarded-For"
+        );
+    }
+    // Operator routes are refused at the door.
+    for deny in [
+        "location ^~ /admin/  { return 404; }",
+        "location = /metrics  { return 404; }",
+        "location ^~ /metrics/ { return 404; }",
+    ] {
+        assert!(locations.contains(deny), "locations.conf lacks `{deny}`");
+    }
+
+    // TLS: modern protocols only, HSTS, and plain HTTP redirected.
+    let https = repo_file("docker/nginx/https.conf");
+    assert!(https.contains("ssl_protocols TLSv1.2 TLSv1.3;"));
+    assert!(https.contains("add_header Strict-Transport-Security"));
+    assert!(https.contains("return 301 https://$host:$holistream_https_port$request_uri;"));
+    assert!(https.contains("ssl_certificate     certs/fullchain.pem;"));
+}
+
+#[test]
+fn compose_mounts_what_the_nginx_site_script_reads() {
+    let compose = repo_file("docker/compose.yaml");
+    let script = repo_file("docker/nginx-site.sh");
+    // The script picks the site the main file includes.
+    assert!(repo_file("docker/nginx.conf").contains("include holistream-site.conf;"));
+    for site in ["holistream/http.conf", "holistream/https.conf"] {
+        assert!(script.contains(&format!("include {site};")), "{site}");
+    }
+    // Where compose puts each file is where nginx.conf and the script look.
+    for mount in [
+        "./nginx.conf:/etc/nginx/nginx.conf:ro",
+        "./nginx:/etc/nginx/holistream:ro",
+        "./nginx-site.sh:/docker-entrypoint.d/40-holistream-site.sh:ro",
+        ":/etc/nginx/certs:ro",
+    ] {
+        assert!(compose.contains(mount), "compose does not mount {mount}");
+    }
+    // The image's entrypoint runs only executable scripts.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker/nginx-site.sh");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "docker/nginx-site.sh is not executable");
+    }
+    // nginx's and Redis's own variables are read by what they are set for.
+    for (service, key) in compose_variables(&compose) {
+        match service.as_str() {
+            "nginx" => assert!(
+                script.contains(&format!("${{{key}")),
+                "compose sets {key} for nginx, which nginx-site.sh never reads"
+            ),
+            "redis" => assert_eq!(key, "REDISCLI_AUTH", "redis's environment"),
+            _ => {}
+        }
+    }
+    // Redis has a password, and the gateways and workers have it too; the
+    // gateways trust forwarding headers from the compose network only.
+    assert!(compose.contains("\"--requirepass\", \"${REDIS_PASSWORD:?"));
+    assert_eq!(
+        compose
+            .matches("REDIS_URL: redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0")
+            .count(),
+        2,
+        "the gateways' and the workers' REDIS_URL carry the password"
     );
+    assert!(compose.contains("HOLISTREAM_TRUSTED_PROXIES: ${HOLISTREAM_SUBNET:-"));
+    assert!(compose.contains("- subnet: ${HOLISTREAM_SUBNET:-"));
 }
