@@ -17,6 +17,11 @@ use crate::actors::{PoolConfig, SessionConfig};
 pub const PASSWORD_ENV: &str = "HOLISTREAM_PASSWORD";
 /// Environment variable holding the Redis URL.
 pub const REDIS_URL_ENV: &str = "REDIS_URL";
+/// Environment variable holding the admin token (with `[admin] enabled`).
+pub const ADMIN_TOKEN_ENV: &str = "HOLISTREAM_ADMIN_TOKEN";
+/// Shortest admin token accepted: 128 bits as hex. The token guards fault
+/// injection, which can take the service down; it must not be guessable.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,20 @@ pub struct Config {
     pub redis: RedisConfig,
     pub pool: PoolConfig,
     pub session: SessionConfig,
+    pub admin: AdminConfig,
+}
+
+/// Operator-only routes (`/admin/...`, fault injection). Off by default:
+/// anything that can hurt the service must be turned on by the operator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/admin/...`; otherwise those paths answer 404.
+    pub enabled: bool,
+    /// The bearer token of `/admin/...`, separate from the entry code. From
+    /// `HOLISTREAM_ADMIN_TOKEN` only, never from a file.
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 /// The HTTP listener and what it serves.
@@ -54,11 +73,20 @@ pub struct ServerConfig {
     pub port: u16,
     /// Most WebSocket sessions open at once; more are refused with 503.
     pub max_sessions: usize,
-    /// Adds `Secure` to the session cookie (set it behind HTTPS).
+    /// Adds `Secure` to the session cookie and sends HSTS (set it behind
+    /// HTTPS; `HOLISTREAM_SECURE_COOKIE`).
     pub secure_cookie: bool,
     /// Origins allowed to open the WebSocket besides the server's own
-    /// (exact match, e.g. `https://demo.example`).
+    /// (exact match, e.g. `https://demo.example`; `HOLISTREAM_ALLOWED_ORIGINS`,
+    /// comma-separated): the public origins when a proxy rewrites `Host`.
     pub allowed_origins: Vec<String>,
+    /// Proxies (CIDRs, e.g. `10.0.0.0/8`, `::1/128`) whose forwarding headers
+    /// (`X-Forwarded-For`, `X-Real-IP`) name the client; any other peer is
+    /// the client itself. Empty: no proxy is trusted. `HOLISTREAM_TRUSTED_PROXIES`.
+    pub trusted_proxies: Vec<String>,
+    /// WebSockets one session (one cookie) may hold open at once on this
+    /// server; more are refused with 429, so one cookie cannot take every slot.
+    pub max_sockets_per_session: usize,
     /// Folder of the web demo, served at `/`.
     pub web_dir: PathBuf,
     /// Bound on the whole graceful shutdown, milliseconds.
@@ -76,6 +104,8 @@ impl Default for ServerConfig {
             max_sessions: 64,
             secure_cookie: false,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_sockets_per_session: 2,
             web_dir: PathBuf::from("web"),
             shutdown_timeout_ms: 10_000,
             http_workers: 2,
@@ -101,6 +131,10 @@ pub struct AuthConfig {
     pub max_tracked_clients: usize,
     /// How often expired sessions are swept from memory, milliseconds.
     pub sweep_interval_ms: u64,
+    /// Wrong codes per minute, from all addresses together, above which the
+    /// `holistream_login_failures_alert` gauge is raised (a distributed
+    /// guessing attempt that no per-address limit sees).
+    pub global_failures_alert_per_min: u32,
 }
 
 impl Default for AuthConfig {
@@ -112,6 +146,7 @@ impl Default for AuthConfig {
             failure_window_s: 60,
             max_tracked_clients: 10_000,
             sweep_interval_ms: 30_000,
+            global_failures_alert_per_min: 100,
         }
     }
 }
@@ -166,6 +201,31 @@ impl Config {
         if let Some(u) = non_empty(REDIS_URL_ENV) {
             self.redis.url = Some(u);
         }
+        if let Some(t) = non_empty(ADMIN_TOKEN_ENV) {
+            self.admin.token = Some(t);
+        }
+    }
+
+    /// Non-secret settings an operator (or compose) sets in the environment:
+    /// lists are comma-separated, booleans `true`/`false`/`1`/`0`.
+    pub fn apply_env_settings(&mut self) -> Result<(), ConfigError> {
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        let list = |v: String| -> Vec<String> {
+            v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        };
+        if let Some(v) = non_empty("HOLISTREAM_TRUSTED_PROXIES") {
+            self.server.trusted_proxies = list(v);
+        }
+        if let Some(v) = non_empty("HOLISTREAM_ALLOWED_ORIGINS") {
+            self.server.allowed_origins = list(v);
+        }
+        if let Some(v) = non_empty("HOLISTREAM_SECURE_COOKIE") {
+            self.server.secure_cookie = parse_bool("HOLISTREAM_SECURE_COOKIE", &v)?;
+        }
+        if let Some(v) = non_empty("HOLISTREAM_ADMIN_ENABLED") {
+            self.admin.enabled = parse_bool("HOLISTREAM_ADMIN_ENABLED", &v)?;
+        }
+        Ok(())
     }
 
     /// Checks the values together; the message names the offending key.
@@ -182,6 +242,35 @@ impl Config {
         }
         if self.server.shutdown_timeout_ms == 0 {
             return bad("server.shutdown_timeout_ms must be positive".into());
+        }
+        if self.server.max_sockets_per_session == 0 {
+            return bad("server.max_sockets_per_session must be at least 1".into());
+        }
+        if let Err(e) = crate::net::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return bad(format!("server.trusted_proxies: {e}"));
+        }
+        if self.admin.enabled {
+            match &self.admin.token {
+                None => {
+                    return bad(format!(
+                        "[admin] enabled = true needs a token in {ADMIN_TOKEN_ENV}"
+                    ));
+                }
+                Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => {
+                    return bad(format!(
+                        "{ADMIN_TOKEN_ENV} must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+                    ));
+                }
+                Some(t) if Some(t) == self.auth.password.as_ref() => {
+                    return bad(format!(
+                        "{ADMIN_TOKEN_ENV} must differ from {PASSWORD_ENV}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.auth.global_failures_alert_per_min == 0 {
+            return bad("auth.global_failures_alert_per_min must be at least 1".into());
         }
         for o in &self.server.allowed_origins {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
@@ -244,11 +333,22 @@ impl Config {
     }
 }
 
+fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid(format!(
+            "{name} must be true or false, got {v:?}"
+        ))),
+    }
+}
+
 /// Flags of `holistream serve`. Each flag also reads the environment variable
 /// named beside it; a flag given on the command line wins.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (sections: server, auth, redis, pool, session).
+    /// TOML configuration file (sections: server, auth, redis, pool, session,
+    /// admin).
     #[arg(long, env = "HOLISTREAM_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on.
@@ -290,6 +390,7 @@ impl ServeArgs {
             None => Config::default(),
         };
         config.apply_env();
+        config.apply_env_settings()?;
         if let Some(h) = &self.host {
             config.server.host = h.clone();
         }
@@ -397,6 +498,28 @@ mod tests {
                 .to_string()
                 .contains("allowed_origins")
         );
+    }
+
+    #[test]
+    fn trust_and_admin_settings_are_checked() {
+        let mut c = Config::default();
+        assert!(!c.admin.enabled, "admin off by default");
+        assert!(c.server.trusted_proxies.is_empty(), "no proxy trusted by default");
+        assert_eq!(c.server.max_sockets_per_session, 2);
+        c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into()];
+        c.validate().unwrap();
+        c.server.trusted_proxies = vec!["10.0.0.0/40".into()];
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("server.trusted_proxies"), "{msg}");
+        let mut c = Config::default();
+        c.auth.password = Some("same-as-the-admin-token-0123456789".into());
+        c.admin.enabled = true;
+        c.admin.token = c.auth.password.clone();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("differ"), "{msg}");
+        assert!(parse_bool("X", "TRUE").unwrap());
+        assert!(!parse_bool("X", "0").unwrap());
+        assert!(parse_bool("X", "maybe").unwrap_err().to_string().contains("X"));
     }
 
     #[test]

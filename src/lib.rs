@@ -9,6 +9,9 @@
 //! - [`config`]: the one `Config` of `serve` (file, environment, flags).
 //! - [`worker`]: `holistream worker`, remote inference over Redis Streams for
 //!   `serve --pool redis` gateways (the gateway side is [`actors::remote`]).
+//! - [`net`]: the client's address behind trusted proxies, the login
+//!   limiter's key; [`session_id`]: a session's public tag (the cookie's uuid
+//!   never leaves the cookie).
 //! - [`healthcheck`]: `holistream healthcheck`, the container's liveness probe.
 
 pub mod actors;
@@ -17,4 +20,6 @@ pub mod healthcheck;
 pub mod http;
 pub mod loadgen;
 pub mod model;
+pub mod net;
+pub mod session_id;
 pub mod worker;

@@ -45,7 +45,7 @@ async fn latency_stays_flat_at_60_fps_into_a_10_fps_pool_and_drops_are_counted()
     let per_frame_ms = percentile(&mut service, 0.5);
     let pad_ms = (100.0 - per_frame_ms).max(0.0).round() as u64;
     if pad_ms > 0 {
-        set_faults(&server, &cookie, &format!("slow=1.0:{pad_ms}ms")).await;
+        set_faults(&server, &format!("slow=1.0:{pad_ms}ms")).await;
     }
 
     send(

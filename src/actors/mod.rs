@@ -47,6 +47,11 @@ pub struct PoolConfig {
     /// A worker whose forward pass takes longer than this is declared
     /// stalled: its job fails, its thread is abandoned and it is replaced.
     pub stall_deadline_ms: u64,
+    /// Stalled threads that may be abandoned and still running at once. Each
+    /// holds a model (a few hundred MB with its buffers) until its pass ends;
+    /// past this many the pool stops replacing stalled workers and reports
+    /// not ready, instead of growing.
+    pub max_abandoned_threads: usize,
     /// Fault injection, for tests (`panic=0.05,stall=0.01:2s,slow=0.1:50ms`).
     pub faults: FaultPlan,
     /// `local` (the settings above) or `redis` (remote workers, below).
@@ -64,6 +69,7 @@ impl Default for PoolConfig {
             queue_capacity: 16,
             job_ttl_ms: 100,
             stall_deadline_ms: 1500,
+            max_abandoned_threads: 2,
             faults: FaultPlan::none(),
             kind: remote::PoolKind::Local,
             remote: remote::RemotePoolConfig::default(),
@@ -98,6 +104,28 @@ impl PoolConfig {
             return Err(format!(
                 "pool.stall_deadline_ms must be at least 10, got {}",
                 self.stall_deadline_ms
+            ));
+        }
+        self.check_faults(&self.faults)?;
+        Ok(())
+    }
+
+    /// A fault plan this pool may run: an injected stall never outlasts
+    /// `stall_deadline_ms` (the pass after it does, so the worker is still
+    /// abandoned, but the abandoned thread ends soon after), nor does an
+    /// injected slowdown.
+    pub fn check_faults(&self, plan: &FaultPlan) -> Result<(), String> {
+        let deadline = std::time::Duration::from_millis(self.stall_deadline_ms);
+        if plan.stall > 0.0 && plan.stall_for > deadline {
+            return Err(format!(
+                "a stall of {:?} exceeds pool.stall_deadline_ms ({} ms)",
+                plan.stall_for, self.stall_deadline_ms
+            ));
+        }
+        if plan.slow > 0.0 && plan.slow_by > deadline {
+            return Err(format!(
+                "a slowdown of {:?} exceeds pool.stall_deadline_ms ({} ms)",
+                plan.slow_by, self.stall_deadline_ms
             ));
         }
         Ok(())
@@ -203,6 +231,18 @@ mod tests {
             ..Default::default()
         };
         assert!(p.validate().unwrap_err().contains("pool.workers"));
+        let p = PoolConfig {
+            stall_deadline_ms: 1000,
+            faults: "stall=1:3600s".parse().unwrap(),
+            ..Default::default()
+        };
+        assert!(p.validate().unwrap_err().contains("pool.stall_deadline_ms"));
+        let p = PoolConfig {
+            stall_deadline_ms: 1000,
+            faults: "stall=1:1s".parse().unwrap(),
+            ..Default::default()
+        };
+        p.validate().unwrap();
         let s = SessionConfig {
             default_fps: 100,
             max_fps: 30,

@@ -37,7 +37,9 @@ use super::PoolConfig;
 use super::faults::FaultPlan;
 use super::protocol::{ErrorCode, FrameTimings};
 use super::remote::{PoolKind, RemotePool, RemotePoolError};
-use super::worker::{InferenceWorker, InferenceWorkerBuilder, ModelThread, WorkerShared};
+use super::worker::{
+    InferenceWorker, InferenceWorkerBuilder, ModelThread, ThreadCensus, WorkerShared,
+};
 use crate::http::Metrics;
 use crate::model::{Mode, Parts, TrackingState};
 
@@ -296,6 +298,7 @@ impl FactoryStatsLayer for QueueDepthGauge {
 pub struct LocalPool {
     factory: ActorRef<PoolFactoryMsg>,
     factory_task: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<WorkerShared>,
     faults: Arc<RwLock<FaultPlan>>,
     job_ttl: Duration,
     stall_deadline: Duration,
@@ -347,6 +350,7 @@ impl InferencePool {
             metrics: metrics.clone(),
             faults: faults.clone(),
             stall_deadline,
+            census: ThreadCensus::new(cfg.max_abandoned_threads),
         });
 
         // Load the models concurrently, one per worker thread.
@@ -397,6 +401,7 @@ impl InferencePool {
         Ok(InferencePool::Local(Arc::new(LocalPool {
             factory,
             factory_task: Mutex::new(Some(factory_task)),
+            shared,
             faults,
             job_ttl: Duration::from_millis(cfg.job_ttl_ms),
             stall_deadline,
@@ -429,6 +434,24 @@ impl InferencePool {
         match self {
             InferencePool::Local(pool) => *pool.faults.read(),
             InferencePool::Remote(_) => FaultPlan::none(),
+        }
+    }
+
+    /// Why the pool cannot serve as configured, if it cannot: workers left
+    /// without a model thread because too many stalled threads are still
+    /// running (`pool.max_abandoned_threads`).
+    pub fn degraded(&self) -> Option<String> {
+        match self {
+            InferencePool::Local(pool) => {
+                let unstaffed = pool.shared.census.unstaffed();
+                (unstaffed > 0).then(|| {
+                    format!(
+                        "{unstaffed} inference worker(s) without a model thread: {} abandoned thread(s) still running",
+                        pool.shared.census.abandoned()
+                    )
+                })
+            }
+            InferencePool::Remote(_) => None,
         }
     }
 

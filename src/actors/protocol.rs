@@ -17,7 +17,7 @@
 //!
 //! # Server → client (all text, JSON)
 //!
-//! - `{"type":"hello","session":"<uuid>","config":{"fps":20,"max_fps":30,"parts":[…],"max_message_bytes":…}}` once on connect;
+//! - `{"type":"hello","session":"<tag: 12 hex digits, a hash of the cookie, not the cookie>","config":{"fps":20,"max_fps":30,"parts":[…],"max_message_bytes":…}}` once on connect;
 //! - `{"type":"result","seq","capture_ts","timings":{"queue_ms","decode_ms","infer_ms","serialize_ms","total_ms"},
 //!   "pose":[{x,y,z,visibility}…33],"face":[{x,y,z}…468],"left_hand":[…21],"right_hand":[…21]}`
 //!   (an empty list for a part that is off or not found);
@@ -28,9 +28,9 @@
 //! An oversized message closes the connection with code 1009 (message too big).
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::model::Parts;
+use crate::session_id::SessionTag;
 
 /// First byte of every binary frame: protocol version 1.
 pub const FRAME_VERSION: u8 = 0xA1;
@@ -227,7 +227,8 @@ pub struct FrameTimings {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
     Hello {
-        session: Uuid,
+        /// The session's public tag (a hash prefix), never its cookie.
+        session: SessionTag,
         config: SessionView,
     },
     Error {

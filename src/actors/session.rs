@@ -27,6 +27,7 @@ use super::protocol::{
 };
 use crate::http::Metrics;
 use crate::model::{Mode, Parts, TrackingState};
+use crate::session_id::SessionTag;
 
 /// Frame-rate cap: a token bucket refilled at `fps` tokens per second.
 ///
@@ -107,17 +108,24 @@ impl FrameSlot {
 #[rtype(result = "()")]
 pub struct CloseSession;
 
-/// Refusal of a new session because the server is at `max_sessions`.
-#[derive(Debug, thiserror::Error)]
-#[error("server is at its limit of {max} sessions")]
-pub struct SessionsFull {
-    pub max: usize,
+/// Refusal of a new WebSocket.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionsFull {
+    /// The server holds `server.max_sessions` WebSockets.
+    #[error("server is at its limit of {max} sessions")]
+    Server { max: usize },
+    /// This login session already holds `server.max_sockets_per_session`:
+    /// one cookie must not take every slot.
+    #[error("this session already holds {max} connections")]
+    PerSession { max: usize },
 }
 
 struct RegistryInner {
     max: usize,
+    max_per_session: usize,
     next_conn: AtomicU64,
-    open: Mutex<HashMap<u64, Option<Recipient<CloseSession>>>>,
+    /// Open connections: their login session and, once running, their actor.
+    open: Mutex<HashMap<u64, (Uuid, Option<Recipient<CloseSession>>)>>,
     metrics: Metrics,
     /// Tasks alive on the runtime of each HTTP worker thread, sampled when a
     /// session opens: a leak of connection tasks shows as growth here.
@@ -139,8 +147,9 @@ pub struct SessionTicket {
 }
 
 impl SessionRegistry {
-    /// A registry for at most `max` concurrent sessions.
-    pub fn new(max: usize, metrics: Metrics) -> SessionRegistry {
+    /// A registry for at most `max` concurrent connections, and at most
+    /// `max_per_session` of one login session.
+    pub fn new(max: usize, max_per_session: usize, metrics: Metrics) -> SessionRegistry {
         // unwrap: constant, valid options.
         let runtime_tasks = IntGaugeVec::new(
             Opts::new(
@@ -158,6 +167,7 @@ impl SessionRegistry {
         SessionRegistry {
             inner: Arc::new(RegistryInner {
                 max,
+                max_per_session,
                 next_conn: AtomicU64::new(1),
                 open: Mutex::new(HashMap::new()),
                 metrics,
@@ -166,16 +176,24 @@ impl SessionRegistry {
         }
     }
 
-    /// Reserves a slot for a new connection.
-    pub fn try_open(&self) -> Result<SessionTicket, SessionsFull> {
+    /// Reserves a slot for a new connection of login session `session`.
+    pub fn try_open(&self, session: Uuid) -> Result<SessionTicket, SessionsFull> {
         let mut open = self.inner.open.lock();
         if open.len() >= self.inner.max {
-            return Err(SessionsFull {
+            return Err(SessionsFull::Server {
                 max: self.inner.max,
             });
         }
+        // A scan, not a second map: `max` is small (64 by default) and this
+        // runs once per WebSocket open.
+        let held = open.values().filter(|(s, _)| *s == session).count();
+        if held >= self.inner.max_per_session {
+            return Err(SessionsFull::PerSession {
+                max: self.inner.max_per_session,
+            });
+        }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        open.insert(conn, None);
+        open.insert(conn, (session, None));
         self.inner.metrics.sessions_active.set(open.len() as i64);
         drop(open);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -199,14 +217,20 @@ impl SessionRegistry {
     /// Registers the running actor of connection `conn`, so `close_all`
     /// reaches it. Does nothing if that session already ended.
     pub fn attach(&self, conn: u64, recipient: Recipient<CloseSession>) {
-        if let Some(slot) = self.inner.open.lock().get_mut(&conn) {
+        if let Some((_, slot)) = self.inner.open.lock().get_mut(&conn) {
             *slot = Some(recipient);
         }
     }
 
     /// Asks every open session to close with a close frame (going away).
     pub fn close_all(&self) {
-        let recipients: Vec<_> = self.inner.open.lock().values().flatten().cloned().collect();
+        let recipients: Vec<_> = self
+            .inner
+            .open
+            .lock()
+            .values()
+            .filter_map(|(_, r)| r.clone())
+            .collect();
         for r in recipients {
             r.do_send(CloseSession);
         }
@@ -235,6 +259,9 @@ impl Drop for SessionTicket {
 /// One WebSocket connection's actor.
 pub struct SessionActor {
     session: Uuid,
+    /// The session's public name: logs and `hello` carry this, never the
+    /// cookie's uuid.
+    tag: SessionTag,
     ticket: SessionTicket,
     cfg: Arc<SessionConfig>,
     pool: InferencePool,
@@ -274,6 +301,7 @@ impl SessionActor {
         let now = Instant::now();
         SessionActor {
             session,
+            tag: SessionTag::of(session),
             ticket,
             limiter: FpsLimiter::new(cfg.default_fps, now),
             fps: cfg.default_fps,
@@ -477,10 +505,10 @@ impl Actor for SessionActor {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        tracing::debug!(session = %self.session, conn = self.ticket.conn(), "session started");
+        tracing::debug!(session = %self.tag, conn = self.ticket.conn(), "session started");
         ctx.text(
             ServerMessage::Hello {
-                session: self.session,
+                session: self.tag,
                 config: self.view(),
             }
             .to_json(),
@@ -489,7 +517,7 @@ impl Actor for SessionActor {
         let closers = std::mem::take(&mut self.closers);
         for (signal, code, reason) in closers {
             ctx.spawn(signal.into_actor(self).map(move |(), act, ctx| {
-                tracing::info!(session = %act.session, reason, "closing session");
+                tracing::info!(session = %act.tag, reason, "closing session");
                 ctx.close(Some(ws::CloseReason {
                     code,
                     description: Some(reason.into()),
@@ -514,7 +542,7 @@ impl Actor for SessionActor {
                     None
                 };
                 if let Some((label, description)) = reason {
-                    tracing::info!(session = %act.session, reason = label, "closing session");
+                    tracing::info!(session = %act.tag, reason = label, "closing session");
                     act.metrics
                         .ws_errors_total
                         .with_label_values(&[label])
@@ -538,7 +566,7 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        tracing::debug!(session = %self.session, conn = self.ticket.conn(), stats = ?self.stats, "session stopped");
+        tracing::debug!(session = %self.tag, conn = self.ticket.conn(), stats = ?self.stats, "session stopped");
     }
 }
 
@@ -559,7 +587,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
         let msg = match msg {
             Ok(msg) => msg,
             Err(ws::ProtocolError::Overflow) => {
-                tracing::info!(session = %self.session, "message over the size limit; closing with 1009");
+                tracing::info!(session = %self.tag, "message over the size limit; closing with 1009");
                 self.metrics
                     .ws_errors_total
                     .with_label_values(&["too_big"])
@@ -575,7 +603,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 return;
             }
             Err(e) => {
-                tracing::info!(session = %self.session, error = %e, "WebSocket protocol error; closing");
+                tracing::info!(session = %self.tag, error = %e, "WebSocket protocol error; closing");
                 self.metrics
                     .ws_errors_total
                     .with_label_values(&["protocol"])
@@ -676,17 +704,36 @@ mod tests {
     #[test]
     fn registry_bounds_sessions_and_tracks_the_gauge() {
         let metrics = Metrics::new();
-        let reg = SessionRegistry::new(2, metrics.clone());
-        let a = reg.try_open().unwrap();
-        let b = reg.try_open().unwrap();
+        let reg = SessionRegistry::new(2, 2, metrics.clone());
+        let a = reg.try_open(Uuid::new_v4()).unwrap();
+        let b = reg.try_open(Uuid::new_v4()).unwrap();
         assert_ne!(a.conn(), b.conn());
-        assert!(reg.try_open().is_err());
+        assert_eq!(
+            reg.try_open(Uuid::new_v4()).err(),
+            Some(SessionsFull::Server { max: 2 })
+        );
         assert_eq!(metrics.sessions_active.get(), 2);
         drop(a);
         assert_eq!(reg.active(), 1);
         assert_eq!(metrics.sessions_active.get(), 1);
-        let _c = reg.try_open().unwrap();
+        let _c = reg.try_open(Uuid::new_v4()).unwrap();
         drop(b);
         assert_eq!(metrics.sessions_active.get(), 1);
+    }
+
+    #[test]
+    fn one_login_session_holds_at_most_its_share() {
+        let reg = SessionRegistry::new(8, 2, Metrics::new());
+        let me = Uuid::new_v4();
+        let first = reg.try_open(me).unwrap();
+        let _second = reg.try_open(me).unwrap();
+        assert_eq!(
+            reg.try_open(me).err(),
+            Some(SessionsFull::PerSession { max: 2 })
+        );
+        // Others are not affected, and a closed socket frees its share.
+        reg.try_open(Uuid::new_v4()).unwrap();
+        drop(first);
+        reg.try_open(me).unwrap();
     }
 }

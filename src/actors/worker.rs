@@ -21,9 +21,16 @@
 //! factory, its supervisor, replaces it through [`InferenceWorkerBuilder`].
 //! A worker killed by the factory's dead-man's switch is counted as a stall
 //! when its state is dropped.
+//!
+//! Abandoned threads are bounded: each still holds its model until its pass
+//! ends, so at most `pool.max_abandoned_threads` may be alive at once. A
+//! worker that would need a new thread past that stays unstaffed: it answers
+//! its jobs `unavailable` (no restart, no new thread) and the pool reports
+//! not ready, until an abandoned thread has ended and the next job staffs it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +50,84 @@ pub(crate) struct WorkerShared {
     pub(crate) metrics: Metrics,
     pub(crate) faults: Arc<RwLock<FaultPlan>>,
     pub(crate) stall_deadline: Duration,
+    pub(crate) census: ThreadCensus,
+}
+
+/// Counts abandoned model threads still alive, and workers left without a
+/// thread because of them.
+#[derive(Default)]
+pub(crate) struct ThreadCensus {
+    abandoned: AtomicUsize,
+    unstaffed: AtomicUsize,
+    max_abandoned: usize,
+}
+
+impl ThreadCensus {
+    pub(crate) fn new(max_abandoned: usize) -> ThreadCensus {
+        ThreadCensus {
+            max_abandoned,
+            ..ThreadCensus::default()
+        }
+    }
+
+    /// Whether a replacement thread may start now.
+    ///
+    /// At the cap itself replacing is still allowed: the cap bounds threads
+    /// abandoned, and the next abandonment, which would pass it, is what
+    /// must not be followed by a new thread.
+    fn may_spawn(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire) <= self.max_abandoned
+    }
+
+    /// Workers without a thread (the pool is degraded while any).
+    pub(crate) fn unstaffed(&self) -> usize {
+        self.unstaffed.load(Ordering::Acquire)
+    }
+
+    /// Abandoned threads still running.
+    pub(crate) fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::Acquire)
+    }
+}
+
+/// Where a model thread is in its life; decides who decrements the census
+/// when abandonment and exit race.
+const RUNNING: u8 = 0;
+const ABANDONED: u8 = 1;
+const EXITED: u8 = 2;
+
+/// Shared between a model thread and its handle.
+struct ThreadFate {
+    state: AtomicU8,
+    shared: Arc<WorkerShared>,
+}
+
+impl ThreadFate {
+    /// The worker gives up on the thread: counted until the thread exits.
+    fn abandon(&self) {
+        if self
+            .state
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let n = self.shared.census.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
+            self.shared.metrics.abandoned_threads.set(n as i64);
+        }
+    }
+}
+
+/// Held by the model thread; its drop (normal exit, panic, abandonment
+/// ended) uncounts an abandoned thread.
+struct ExitGuard(Arc<ThreadFate>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if self.0.state.swap(EXITED, Ordering::AcqRel) == ABANDONED {
+            let census = &self.0.shared.census;
+            let n = census.abandoned.fetch_sub(1, Ordering::AcqRel) - 1;
+            self.0.shared.metrics.abandoned_threads.set(n as i64);
+        }
+    }
 }
 
 /// One job handed to a worker thread.
@@ -72,6 +157,7 @@ pub struct ModelThread {
     wid: usize,
     jobs: mpsc::SyncSender<ThreadJob>,
     ready: Readiness,
+    fate: Arc<ThreadFate>,
 }
 
 impl ModelThread {
@@ -80,14 +166,27 @@ impl ModelThread {
         // Capacity 1: the worker sends one job and waits for its answer.
         let (jobs, rx) = mpsc::sync_channel::<ThreadJob>(1);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let fate = Arc::new(ThreadFate {
+            state: AtomicU8::new(RUNNING),
+            shared: shared.clone(),
+        });
+        let guard = ExitGuard(fate.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("inference-{wid}"))
-            .spawn(move || model_thread(shared, rx, ready_tx));
+            .spawn(move || {
+                let _guard = guard;
+                model_thread(shared, rx, ready_tx)
+            });
         let ready = match spawned {
             Ok(_detached) => Readiness::Loading(ready_rx),
             Err(e) => Readiness::Failed(format!("cannot spawn thread: {e}")),
         };
-        ModelThread { wid, jobs, ready }
+        ModelThread {
+            wid,
+            jobs,
+            ready,
+            fate,
+        }
     }
 
     /// Waits until the model is loaded.
@@ -267,10 +366,27 @@ pub struct InferenceWorkerState {
     /// failure already counted); a drop without it means the factory killed
     /// the worker (dead-man's switch).
     exit_counted: bool,
+    /// Counted in the census as a worker without a thread.
+    unstaffed: bool,
+    shared: Arc<WorkerShared>,
+}
+
+impl InferenceWorkerState {
+    fn set_unstaffed(&mut self, unstaffed: bool) {
+        if self.unstaffed != unstaffed {
+            self.unstaffed = unstaffed;
+            if unstaffed {
+                self.shared.census.unstaffed.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.shared.census.unstaffed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 impl Drop for InferenceWorkerState {
     fn drop(&mut self) {
+        self.set_unstaffed(false);
         if !self.exit_counted {
             tracing::warn!(
                 worker = self.wid,
@@ -299,14 +415,34 @@ impl Worker for InferenceWorker {
         prepared: Option<ModelThread>,
     ) -> Result<InferenceWorkerState, ActorProcessingErr> {
         // A replacement's model loads on its thread while the factory goes on;
-        // the first job waits for it in `handle`.
-        let thread = prepared.unwrap_or_else(|| ModelThread::spawn(wid, self.shared.clone()));
-        Ok(InferenceWorkerState {
+        // the first job waits for it in `handle`. Past the cap on abandoned
+        // threads it starts without one.
+        let thread = prepared.or_else(|| {
+            self.shared
+                .census
+                .may_spawn()
+                .then(|| ModelThread::spawn(wid, self.shared.clone()))
+        });
+        let mut state = InferenceWorkerState {
             wid,
-            thread: Some(thread),
+            thread: None,
             metrics: self.shared.metrics.clone(),
             exit_counted: false,
-        })
+            unstaffed: false,
+            shared: self.shared.clone(),
+        };
+        match thread {
+            Some(t) => state.thread = Some(t),
+            None => {
+                tracing::warn!(
+                    worker = wid,
+                    abandoned = self.shared.census.abandoned(),
+                    "not replacing the model thread: too many abandoned threads alive"
+                );
+                state.set_unstaffed(true);
+            }
+        }
+        Ok(state)
     }
 
     async fn post_stop(
@@ -332,12 +468,20 @@ impl Worker for InferenceWorker {
         };
         let queued = job.msg.submitted.elapsed();
         let seq = job.msg.seq();
-        let Some(thread) = state.thread.as_mut() else {
-            job.msg.frame = Some(frame);
-            job.msg.fail(FrameFailure::WorkerPanicked);
-            state.exit_counted = true;
-            return Err(format!("worker {wid} has no model thread").into());
-        };
+        if state.thread.is_none() {
+            if !self.shared.census.may_spawn() {
+                // Degraded, not failed: no restart (it would only spin), the
+                // job answered at once.
+                job.msg.frame = Some(frame);
+                job.msg.fail(FrameFailure::Unavailable);
+                return Ok(key);
+            }
+            tracing::info!(worker = wid, "abandoned threads ended; starting a model thread");
+            state.thread = Some(ModelThread::spawn(wid, self.shared.clone()));
+            state.set_unstaffed(false);
+        }
+        // unwrap: staffed just above.
+        let thread = state.thread.as_mut().unwrap();
         if let Err(message) = thread.wait_ready().await {
             job.msg.frame = Some(frame);
             job.msg.fail(FrameFailure::Inference);
@@ -386,8 +530,9 @@ impl Worker for InferenceWorker {
                     "inference thread stalled; abandoning it and replacing worker"
                 );
                 // Dropping the thread's handle detaches it; it exits when its
-                // pass ends.
+                // pass ends, and is counted until then.
                 if let Some(t) = state.thread.take() {
+                    t.fate.abandon();
                     tracing::debug!(worker = t.wid, "model thread abandoned");
                 }
                 self.count_restart(state, "stall");
@@ -438,5 +583,57 @@ impl ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>>
             },
             prepared,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_abandoned: usize) -> Arc<WorkerShared> {
+        Arc::new(WorkerShared {
+            metrics: Metrics::new(),
+            faults: Arc::new(RwLock::new(FaultPlan::none())),
+            stall_deadline: Duration::from_millis(100),
+            census: ThreadCensus::new(max_abandoned),
+        })
+    }
+
+    fn fate(shared: &Arc<WorkerShared>) -> Arc<ThreadFate> {
+        Arc::new(ThreadFate {
+            state: AtomicU8::new(RUNNING),
+            shared: shared.clone(),
+        })
+    }
+
+    #[test]
+    fn an_abandoned_thread_is_counted_until_it_exits() {
+        let s = shared(1);
+        let a = fate(&s);
+        a.abandon();
+        a.abandon();
+        assert_eq!(s.census.abandoned(), 1, "abandoning twice counts once");
+        assert!(s.census.may_spawn(), "at the cap a replacement may start");
+        let b = fate(&s);
+        b.abandon();
+        assert_eq!(s.census.abandoned(), 2);
+        assert!(!s.census.may_spawn(), "past the cap: no new thread");
+        assert_eq!(s.metrics.abandoned_threads.get(), 2);
+        drop(ExitGuard(a));
+        assert_eq!(s.census.abandoned(), 1);
+        assert!(s.census.may_spawn());
+        drop(ExitGuard(b));
+        assert_eq!(s.census.abandoned(), 0);
+        assert_eq!(s.metrics.abandoned_threads.get(), 0);
+    }
+
+    #[test]
+    fn a_thread_that_exited_before_abandonment_is_not_counted() {
+        let s = shared(0);
+        let a = fate(&s);
+        drop(ExitGuard(a.clone()));
+        a.abandon();
+        assert_eq!(s.census.abandoned(), 0);
+        assert!(s.census.may_spawn());
     }
 }

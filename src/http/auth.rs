@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use super::error::Error;
 use super::{AppState, store::SessionStatus};
+use crate::net::{TrustedProxies, limiter_key};
+use crate::session_id::SessionTag;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "holistream_session";
@@ -36,17 +38,39 @@ pub struct Auth {
     password: String,
     secure_cookie: bool,
     limiter: LoginLimiter,
+    proxies: TrustedProxies,
 }
 
 impl Auth {
     /// `password` is the entry code (already resolved: from the environment
-    /// or generated).
-    pub fn new(password: String, secure_cookie: bool, limiter: LoginLimiter) -> Auth {
+    /// or generated); `proxies` may name the client behind them.
+    pub fn new(
+        password: String,
+        secure_cookie: bool,
+        limiter: LoginLimiter,
+        proxies: TrustedProxies,
+    ) -> Auth {
         Auth {
             password,
             secure_cookie,
             limiter,
+            proxies,
         }
+    }
+
+    /// The client's address: the socket peer, or what a trusted proxy says.
+    pub fn client_ip(&self, req: &HttpRequest) -> IpAddr {
+        let peer = req
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let headers = req.headers();
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let real_ip = headers.get("x-real-ip").and_then(|v| v.to_str().ok());
+        self.proxies.client_ip(peer, &forwarded, real_ip)
     }
 
     /// The cookie that carries a session.
@@ -125,7 +149,25 @@ pub struct LoginLimiter {
     window: Duration,
     max_clients: usize,
     clients: Mutex<HashMap<IpAddr, FailureWindow>>,
+    /// Wrong codes from everyone in the current minute, against
+    /// `global_alert_per_min`.
+    global: Mutex<FailureWindow>,
+    global_alert_per_min: u32,
 }
+
+/// What one wrong code did to the global count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalFailures {
+    /// Under the per-minute ceiling.
+    Normal,
+    /// This failure crossed the ceiling (once per minute).
+    Crossed,
+    /// Still over the ceiling.
+    Over,
+}
+
+/// The window of the global ceiling.
+const GLOBAL_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 struct FailureWindow {
@@ -141,7 +183,53 @@ impl LoginLimiter {
             window,
             max_clients: max_clients.max(1),
             clients: Mutex::new(HashMap::new()),
+            global: Mutex::new(FailureWindow {
+                started: Instant::now(),
+                failures: 0,
+            }),
+            global_alert_per_min: u32::MAX,
         }
+    }
+
+    /// Raise the alert above `per_min` wrong codes a minute from everyone.
+    pub fn with_global_alert(mut self, per_min: u32) -> LoginLimiter {
+        self.global_alert_per_min = per_min.max(1);
+        self
+    }
+
+    /// Counts a wrong code against the global ceiling.
+    pub fn record_global_failure(&self) -> GlobalFailures {
+        let now = Instant::now();
+        let mut g = self.global.lock();
+        if now.duration_since(g.started) >= GLOBAL_WINDOW {
+            *g = FailureWindow {
+                started: now,
+                failures: 0,
+            };
+        }
+        g.failures = g.failures.saturating_add(1);
+        match g.failures.cmp(&self.global_alert_per_min.saturating_add(1)) {
+            std::cmp::Ordering::Less => GlobalFailures::Normal,
+            std::cmp::Ordering::Equal => GlobalFailures::Crossed,
+            std::cmp::Ordering::Greater => GlobalFailures::Over,
+        }
+    }
+
+    /// Whether the global ceiling is exceeded in the current minute.
+    pub fn global_alert(&self) -> bool {
+        let g = self.global.lock();
+        Instant::now().duration_since(g.started) < GLOBAL_WINDOW
+            && g.failures > self.global_alert_per_min
+    }
+
+    /// Wrong codes allowed per window.
+    pub fn max_failures(&self) -> u32 {
+        self.max_failures
+    }
+
+    /// The length of a client's window.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// `Err(retry_after)` when the address has used up its attempts.
@@ -200,12 +288,9 @@ impl LoginLimiter {
     }
 }
 
-/// The client's address as the socket sees it. Forwarding headers are not
-/// trusted: anyone could set them to dodge the rate limit.
-fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+/// Rounds up: a client that waits the advertised time must get through.
+fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// `POST /auth/code`: checks the entry code, sets the session cookie.
@@ -214,7 +299,10 @@ pub async fn login(
     body: web::Json<LoginRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let ip = client_ip(&req);
+    let ip = state.auth.client_ip(&req);
+    let key = limiter_key(ip);
+    let shared_key = key.to_string();
+    let limiter = &state.auth.limiter;
     let count = |outcome: &str| {
         state
             .metrics
@@ -222,26 +310,62 @@ pub async fn login(
             .with_label_values(&[outcome])
             .inc()
     };
-    if let Err(retry_after) = state.auth.limiter.check(ip) {
+    if let Err(retry_after) = limiter.check(key) {
         count("rate_limited");
-        // Round up: a client that waits the advertised time must get through.
-        let retry_after_s = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        return Err(Error::RateLimited { retry_after_s });
+        return Err(Error::RateLimited {
+            retry_after_s: retry_after_secs(retry_after),
+        });
+    }
+    // The budget shared by every server on this Redis. Unreachable: this
+    // server's own limit above still holds, and the login itself needs
+    // Redis, so it is answered 503 below.
+    match state.store.login_failures(&shared_key).await {
+        Ok(Some((failures, left))) if failures >= limiter.max_failures() => {
+            count("rate_limited");
+            return Err(Error::RateLimited {
+                retry_after_s: retry_after_secs(left).max(1),
+            });
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "shared login limiter unavailable"),
     }
     if !password_matches(&state.auth.password, &body.code) {
-        state.auth.limiter.record_failure(ip);
+        limiter.record_failure(key);
+        if let Err(e) = state
+            .store
+            .add_login_failure(&shared_key, limiter.window())
+            .await
+        {
+            tracing::warn!(error = %e, "shared login limiter unavailable");
+        }
+        match limiter.record_global_failure() {
+            GlobalFailures::Crossed => {
+                state.metrics.login_failure_alerts_total.inc();
+                state.metrics.login_failures_alert.set(1);
+                tracing::warn!("wrong entry codes from all addresses passed the per-minute ceiling");
+            }
+            GlobalFailures::Over => state.metrics.login_failures_alert.set(1),
+            GlobalFailures::Normal => state.metrics.login_failures_alert.set(0),
+        }
         count("wrong_password");
         tracing::info!(%ip, "wrong entry code");
         return Err(Error::WrongPassword);
     }
-    state.auth.limiter.record_success(ip);
+    limiter.record_success(key);
+    if let Err(e) = state.store.clear_login_failures(&shared_key).await {
+        tracing::warn!(error = %e, "shared login limiter unavailable");
+    }
+    state
+        .metrics
+        .login_failures_alert
+        .set(i64::from(limiter.global_alert()));
     let session = state.store.create().await.map_err(|e| {
         count("unavailable");
         tracing::warn!(error = %e, "login refused: session store unavailable");
         Error::from(e)
     })?;
     count("ok");
-    tracing::info!(%ip, session = %session.id, "logged in");
+    tracing::info!(%ip, session = %SessionTag::of(session.id), "logged in");
     Ok(HttpResponse::Ok()
         .cookie(state.auth.session_cookie(session.id, session.ttl))
         .json(serde_json::json!({ "valid": true, "expires_in_s": session.ttl.as_secs() })))
@@ -259,11 +383,11 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 pub async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     if let Some(id) = session_id(&req) {
         state.store.revoke(id).await.map_err(|e| {
-            tracing::warn!(session = %id, error = %e, "logout failed: session store unavailable");
+            tracing::warn!(session = %SessionTag::of(id), error = %e, "logout failed: session store unavailable");
             Error::from(e)
         })?;
         state.metrics.logouts_total.inc();
-        tracing::info!(session = %id, "logged out");
+        tracing::info!(session = %SessionTag::of(id), "logged out");
     }
     Ok(HttpResponse::Ok()
         .cookie(state.auth.removal_cookie())
@@ -359,6 +483,44 @@ mod tests {
     }
 
     #[test]
+    fn global_ceiling_crosses_once_per_minute() {
+        let l = LoginLimiter::new(5, Duration::from_secs(60), 100).with_global_alert(3);
+        let seen: Vec<_> = (0..5).map(|_| l.record_global_failure()).collect();
+        assert_eq!(
+            seen,
+            [
+                GlobalFailures::Normal,
+                GlobalFailures::Normal,
+                GlobalFailures::Normal,
+                GlobalFailures::Crossed,
+                GlobalFailures::Over
+            ]
+        );
+        assert!(l.global_alert());
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_proxies() {
+        let proxied = Auth::new(
+            "x".into(),
+            false,
+            LoginLimiter::new(5, Duration::from_secs(60), 10),
+            TrustedProxies::parse(&["127.0.0.1/32".into()]).unwrap(),
+        );
+        let req = TestRequest::default()
+            .peer_addr("127.0.0.1:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "6.6.6.6, 198.51.100.4"))
+            .to_http_request();
+        assert_eq!(proxied.client_ip(&req), "198.51.100.4".parse::<IpAddr>().unwrap());
+        let direct = TestRequest::default()
+            .peer_addr("203.0.113.5:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "198.51.100.4"))
+            .insert_header(("x-real-ip", "198.51.100.4"))
+            .to_http_request();
+        assert_eq!(proxied.client_ip(&direct), "203.0.113.5".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
     fn origin_rules() {
         let allowed = vec!["https://demo.example".to_string()];
         let req = TestRequest::default()
@@ -393,6 +555,7 @@ mod tests {
             "x".into(),
             true,
             LoginLimiter::new(5, Duration::from_secs(60), 10),
+            TrustedProxies::default(),
         );
         let id = Uuid::new_v4();
         let c = auth
@@ -412,6 +575,7 @@ mod tests {
             "x".into(),
             false,
             LoginLimiter::new(5, Duration::from_secs(60), 10),
+            TrustedProxies::default(),
         );
         assert!(
             !insecure

@@ -22,6 +22,13 @@ pub enum Error {
     /// 403: a WebSocket upgrade from a page of another origin.
     #[error("origin not allowed")]
     ForbiddenOrigin,
+    /// 404: a path that does not exist (or is switched off).
+    #[error("not found")]
+    NotFound,
+    /// 429: the session already holds `server.max_sockets_per_session`
+    /// WebSockets on this server.
+    #[error("too many connections for this session")]
+    TooManySockets,
     /// 429: too many wrong codes from this address.
     #[error("too many wrong codes, retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
@@ -56,6 +63,8 @@ impl ResponseError for Error {
         match self {
             Error::WrongPassword | Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::TooManySockets => StatusCode::TOO_MANY_REQUESTS,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::StoreUnavailable | Error::AtCapacity | Error::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE

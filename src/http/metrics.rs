@@ -37,6 +37,14 @@ pub struct Metrics {
     pub store_redis_errors_total: IntCounter,
     /// Sessions currently held in the local session map.
     pub store_sessions: IntGauge,
+    /// 1 while wrong entry codes from all addresses together exceed
+    /// `auth.global_failures_alert_per_min` in the current minute.
+    pub login_failures_alert: IntGauge,
+    /// Minutes in which that ceiling was crossed.
+    pub login_failure_alerts_total: IntCounter,
+    /// Stalled inference threads abandoned and still running (each holds a
+    /// model); at `pool.max_abandoned_threads` the pool stops replacing.
+    pub abandoned_threads: IntGauge,
 }
 
 impl Metrics {
@@ -111,6 +119,31 @@ impl Metrics {
                 .expect("metric options"),
         );
 
+        let login_failures_alert = reg(
+            &registry,
+            IntGauge::new(
+                "login_failures_alert",
+                "1 while wrong entry codes from all addresses exceed the per-minute ceiling",
+            )
+            .expect("metric options"),
+        );
+        let login_failure_alerts_total = reg(
+            &registry,
+            IntCounter::new(
+                "login_failure_alerts_total",
+                "Minutes in which wrong entry codes exceeded the global ceiling",
+            )
+            .expect("metric options"),
+        );
+        let abandoned_threads = reg(
+            &registry,
+            IntGauge::new(
+                "abandoned_threads",
+                "Stalled inference threads abandoned and still running",
+            )
+            .expect("metric options"),
+        );
+
         // Touch the label values we know, so a scrape shows zeros instead of
         // missing series before the first event.
         for outcome in ["received", "processed", "error"] {
@@ -139,6 +172,9 @@ impl Metrics {
             logouts_total,
             store_redis_errors_total,
             store_sessions,
+            login_failures_alert,
+            login_failure_alerts_total,
+            abandoned_threads,
         }
     }
 

@@ -6,7 +6,7 @@
 //!   WebSocket admission ([`AppState::authorize_ws`]).
 //! - [`store`]: which sessions are valid; in memory, mirrored in Redis.
 //! - [`ws`]: the `/ws` upgrade into a session actor; [`admin`]: run-time
-//!   fault injection.
+//!   fault injection, off unless the operator enables it (404 otherwise).
 //! - [`metrics`]: the Prometheus registry; [`error`]: the one HTTP error
 //!   type; [`shutdown`]: the signal that cancels the server's token.
 //!
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::ContentType;
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -53,9 +54,36 @@ pub struct AppState {
     pub auth: Auth,
 }
 
+/// The Content-Security-Policy of every response: the demo's own scripts,
+/// styles and connections only, no inline script, never framed. `blob:` and
+/// `data:` for the camera's video and the overlay's images.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; \
+     connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// HSTS when the server sits behind HTTPS (`server.secure_cookie`): a year,
+/// subdomains left alone (the operator's other hosts are not ours to pin).
+const STRICT_TRANSPORT_SECURITY: &str = "max-age=31536000";
+
+/// Security headers added to every response (handlers' own win).
+fn security_headers(secure: bool) -> DefaultHeaders {
+    let headers = DefaultHeaders::new()
+        .add(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"));
+    if secure {
+        headers.add(("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY))
+    } else {
+        headers
+    }
+}
+
 /// Registers every route. The static web demo comes last: it answers every
 /// path the API does not.
-fn routes(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
+fn routes(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path, admin_enabled: bool) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(JSON_LIMIT_BYTES)
@@ -70,7 +98,7 @@ fn routes(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
     )
     .route("/auth/logout", web::post().to(auth::logout))
     .route("/ws", web::get().to(ws::ws_route))
-    .route("/admin/faults", web::post().to(admin::set_faults))
+    .configure(|cfg| admin::routes(cfg, admin_enabled))
     .route("/metrics", web::get().to(metrics_route))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz));
@@ -103,6 +131,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         tracing::debug!(error = %e, "not ready: Redis unreachable");
         return HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"ready": false, "reason": "session store unreachable"}));
+    }
+    if let Some(why) = state.pool.degraded() {
+        tracing::debug!(%why, "not ready: inference pool degraded");
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"ready": false, "reason": "inference pool degraded"}));
     }
     HttpResponse::Ok().json(serde_json::json!({"ready": true}))
 }
@@ -163,12 +196,19 @@ pub async fn run(
     let pool = InferencePool::start(&config.pool, metrics.clone())
         .await
         .context("starting the inference pool")?;
-    let sessions = SessionRegistry::new(config.server.max_sessions, metrics.clone());
+    let sessions = SessionRegistry::new(
+        config.server.max_sessions,
+        config.server.max_sockets_per_session,
+        metrics.clone(),
+    );
     let limiter = LoginLimiter::new(
         config.auth.max_failures,
         Duration::from_secs(config.auth.failure_window_s),
         config.auth.max_tracked_clients,
-    );
+    )
+    .with_global_alert(config.auth.global_failures_alert_per_min);
+    let proxies = crate::net::TrustedProxies::parse(&config.server.trusted_proxies)
+        .context("server.trusted_proxies")?;
     let state = web::Data::new(AppState {
         config: config.clone(),
         store: store.clone(),
@@ -176,7 +216,7 @@ pub async fn run(
         sessions: sessions.clone(),
         metrics,
         shutdown: shutdown.clone(),
-        auth: Auth::new(password, config.server.secure_cookie, limiter),
+        auth: Auth::new(password, config.server.secure_cookie, limiter, proxies),
     });
     let sweeper = store.spawn_sweeper(
         Duration::from_millis(config.auth.sweep_interval_ms),
@@ -187,13 +227,18 @@ pub async fn run(
         tracing::warn!(dir = %config.server.web_dir.display(), "web demo folder not found; serving the API only");
     }
     let web_dir = config.server.web_dir.clone();
+    let (admin_enabled, secure) = (config.admin.enabled, config.server.secure_cookie);
+    if admin_enabled {
+        tracing::warn!("admin routes enabled (/admin/faults, bearer token)");
+    }
     // actix's own graceful timeout gets half the budget; the pool drain the
     // rest.
     let http_grace_s = (config.shutdown_timeout().as_secs() / 2).max(1);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(security_headers(secure))
             .app_data(state.clone())
-            .configure(|cfg| routes(cfg, &web_dir))
+            .configure(|cfg| routes(cfg, &web_dir, admin_enabled))
     })
     .workers(config.server.http_workers)
     .disable_signals()
@@ -202,7 +247,7 @@ pub async fn run(
     .listen(listener)
     .context("listening")?
     .run();
-    tracing::info!(%addr, redis = store.is_mirrored(), workers = config.pool.workers, "serving");
+    tracing::info!(%addr, redis = store.is_mirrored(), workers = config.pool.workers, admin = admin_enabled, "serving");
 
     // actix's graceful stop waits for open connections, so the WebSocket
     // sessions must be told to close as soon as the token is cancelled, not

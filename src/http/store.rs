@@ -142,6 +142,52 @@ impl RedisMirror {
         })
     }
 
+    fn failures_key(&self, client: &str) -> String {
+        format!("{}:login_failures:{}", self.prefix, client)
+    }
+
+    /// Wrong codes counted for `client` in its current window, and the time
+    /// left in that window.
+    async fn failures(&self, client: &str) -> Result<(u32, Duration), StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.failures_key(client);
+        let (count, pttl): (Option<u32>, i64) = self
+            .bounded(
+                "GET/PTTL",
+                redis::pipe().get(&key).pttl(&key).query_async(&mut conn),
+            )
+            .await?;
+        Ok((count.unwrap_or(0), Duration::from_millis(pttl.max(0) as u64)))
+    }
+
+    /// Counts one wrong code: a fixed window that starts with the first
+    /// failure (`PEXPIRE .. NX` sets the expiry only on a fresh key).
+    async fn add_failure(&self, client: &str, window: Duration) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.failures_key(client);
+        let window_ms = window.as_millis().max(1) as u64;
+        let (count, _): (u32, i64) = self
+            .bounded(
+                "INCR/PEXPIRE",
+                redis::pipe()
+                    .atomic()
+                    .incr(&key, 1)
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(window_ms)
+                    .arg("NX")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(count)
+    }
+
+    async fn clear_failures(&self, client: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.failures_key(client);
+        self.bounded("DEL", conn.del::<_, ()>(key)).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         self.bounded("PING", redis::cmd("PING").query_async::<String>(&mut conn))
@@ -295,7 +341,7 @@ impl SessionStore {
                 // Known and unexpired here: keep accepting it through the
                 // outage (see the module doc).
                 if cached.is_some() {
-                    tracing::debug!(session = %id, error = %e, "Redis unreachable, accepting a session verified before");
+                    tracing::debug!(session = %crate::session_id::SessionTag::of(id), error = %e, "Redis unreachable, accepting a session verified before");
                     Ok(SessionStatus::Valid)
                 } else {
                     Err(e)
@@ -365,6 +411,51 @@ impl SessionStore {
                 }
             }
         })
+    }
+
+    /// Wrong entry codes of one client key shared by every server on this
+    /// Redis: `(count, time left in its window)`. `None` without Redis (the
+    /// caller's in-memory limiter is then the only one).
+    pub async fn login_failures(
+        &self,
+        client: &str,
+    ) -> Result<Option<(u32, Duration)>, StoreError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok(None);
+        };
+        let got = redis.failures(client).await;
+        if got.is_err() {
+            self.redis_failed();
+        }
+        got.map(Some)
+    }
+
+    /// Counts a wrong code for `client` in Redis (no-op without Redis).
+    pub async fn add_login_failure(
+        &self,
+        client: &str,
+        window: Duration,
+    ) -> Result<Option<u32>, StoreError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok(None);
+        };
+        let got = redis.add_failure(client, window).await;
+        if got.is_err() {
+            self.redis_failed();
+        }
+        got.map(Some)
+    }
+
+    /// Forgets `client`'s wrong codes in Redis after a correct one.
+    pub async fn clear_login_failures(&self, client: &str) -> Result<(), StoreError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok(());
+        };
+        let got = redis.clear_failures(client).await;
+        if got.is_err() {
+            self.redis_failed();
+        }
+        got
     }
 
     fn insert_local(&self, id: Uuid, entry: LocalEntry) {

@@ -6,23 +6,35 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 
 use super::{AppState, Error};
-use crate::actors::SessionActor;
+use crate::actors::{SessionActor, SessionsFull};
+use crate::session_id::SessionTag;
 
 /// Upgrades an authorised request to a WebSocket served by a new session
 /// actor.
 ///
 /// Refusals, before any upgrade: 403 from a foreign `Origin`, 401 without a
 /// valid session cookie, 503 when the session store cannot tell, when the
-/// server is shutting down, or when it holds `server.max_sessions` sessions.
+/// server is shutting down, or when it holds `server.max_sessions` sessions;
+/// 429 when this login session already holds
+/// `server.max_sockets_per_session` sockets.
 pub async fn ws_route(
     req: HttpRequest,
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let session = state.authorize_ws(&req).await?;
-    let ticket = state.sessions.try_open().map_err(|full| {
-        tracing::warn!(%session, max = full.max, "WebSocket refused: at max sessions");
-        Error::AtCapacity
+    let ticket = state.sessions.try_open(session).map_err(|refused| {
+        let tag = SessionTag::of(session);
+        match refused {
+            SessionsFull::Server { max } => {
+                tracing::warn!(session = %tag, max, "WebSocket refused: at max sessions");
+                Error::AtCapacity
+            }
+            SessionsFull::PerSession { max } => {
+                tracing::info!(session = %tag, max, "WebSocket refused: session holds its share");
+                Error::TooManySockets
+            }
+        }
     })?;
     let conn = ticket.conn();
     let cfg = Arc::new(state.config.session.clone());

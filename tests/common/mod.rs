@@ -171,8 +171,14 @@ impl Drop for RedisServer {
     }
 }
 
+/// The admin token of [`test_config`].
+#[allow(dead_code)]
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
 /// A configuration for tests: a fixed entry code, one inference worker, one
-/// HTTP worker, short shutdown bound, the repository's `web/` folder.
+/// HTTP worker, short shutdown bound, the repository's `web/` folder, the
+/// admin routes on with [`ADMIN_TOKEN`] (off by default in a real server:
+/// tests of that default turn them off again), and no per-cookie socket cap.
 pub fn test_config(password: &str) -> Config {
     let mut c = Config::default();
     c.server.host = "127.0.0.1".into();
@@ -182,6 +188,11 @@ pub fn test_config(password: &str) -> Config {
     c.server.web_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web");
     c.auth.password = Some(password.into());
     c.pool.workers = 1;
+    c.admin.enabled = true;
+    c.admin.token = Some(ADMIN_TOKEN.into());
+    // Many tests stand for several clients with one login; the default cap
+    // of 2 sockets per cookie is tested on its own (tests/trust_boundary.rs).
+    c.server.max_sockets_per_session = c.server.max_sessions;
     c
 }
 

@@ -130,11 +130,12 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
         .sum()
 }
 
-/// Posts a fault plan through the admin endpoint.
-pub async fn set_faults(server: &TestServer, cookie: &str, plan: &str) {
+/// Posts a fault plan through the admin endpoint (enabled with
+/// [`crate::common::ADMIN_TOKEN`] by [`crate::common::test_config`]).
+pub async fn set_faults(server: &TestServer, plan: &str) {
     let resp = http_client()
         .post(server.url("/admin/faults"))
-        .insert_header(("Cookie", cookie))
+        .insert_header(("Authorization", format!("Bearer {}", crate::common::ADMIN_TOKEN)))
         .send_json(&serde_json::json!({ "faults": plan }))
         .await
         .expect("POST /admin/faults");
