@@ -209,9 +209,16 @@ impl Config {
     /// Non-secret settings an operator (or compose) sets in the environment:
     /// lists are comma-separated, booleans `true`/`false`/`1`/`0`.
     pub fn apply_env_settings(&mut self) -> Result<(), ConfigError> {
-        let non_empty = |name: &str| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        let non_empty = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
         let list = |v: String| -> Vec<String> {
-            v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
         };
         if let Some(v) = non_empty("HOLISTREAM_TRUSTED_PROXIES") {
             self.server.trusted_proxies = list(v);
@@ -262,9 +269,7 @@ impl Config {
                     ));
                 }
                 Some(t) if Some(t) == self.auth.password.as_ref() => {
-                    return bad(format!(
-                        "{ADMIN_TOKEN_ENV} must differ from {PASSWORD_ENV}"
-                    ));
+                    return bad(format!("{ADMIN_TOKEN_ENV} must differ from {PASSWORD_ENV}"));
                 }
                 Some(_) => {}
             }
@@ -504,7 +509,10 @@ mod tests {
     fn trust_and_admin_settings_are_checked() {
         let mut c = Config::default();
         assert!(!c.admin.enabled, "admin off by default");
-        assert!(c.server.trusted_proxies.is_empty(), "no proxy trusted by default");
+        assert!(
+            c.server.trusted_proxies.is_empty(),
+            "no proxy trusted by default"
+        );
         assert_eq!(c.server.max_sockets_per_session, 2);
         c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into()];
         c.validate().unwrap();
@@ -519,7 +527,12 @@ mod tests {
         assert!(msg.contains("differ"), "{msg}");
         assert!(parse_bool("X", "TRUE").unwrap());
         assert!(!parse_bool("X", "0").unwrap());
-        assert!(parse_bool("X", "maybe").unwrap_err().to_string().contains("X"));
+        assert!(
+            parse_bool("X", "maybe")
+                .unwrap_err()
+                .to_string()
+                .contains("X")
+        );
     }
 
     #[test]

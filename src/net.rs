@@ -52,12 +52,7 @@ impl TrustedProxies {
     /// proxy, in which case the rightmost untrusted hop of
     /// `X-Forwarded-For`, else `X-Real-IP`, else the peer. A malformed hop
     /// ends the walk at the peer: a header we cannot read names nobody.
-    pub fn client_ip(
-        &self,
-        peer: IpAddr,
-        forwarded_for: &[&str],
-        real_ip: Option<&str>,
-    ) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: &[&str], real_ip: Option<&str>) -> IpAddr {
         let peer = canonical(peer);
         if !self.contains(peer) {
             return peer;

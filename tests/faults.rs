@@ -193,7 +193,8 @@ async fn past_the_abandoned_thread_cap_the_pool_is_not_ready_instead_of_growing(
         "{m}"
     );
     assert!(
-        m.lines().any(|l| l.starts_with("holistream_abandoned_threads ")),
+        m.lines()
+            .any(|l| l.starts_with("holistream_abandoned_threads ")),
         "the abandoned-thread gauge is exported: {m}"
     );
     // The abandoned thread ends; the next frame gets a fresh thread.

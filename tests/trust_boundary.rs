@@ -13,11 +13,7 @@ use common::*;
 
 const CODE: &str = "trust-boundary-entry-code";
 
-async fn post_faults(
-    server: &TestServer,
-    auth: Option<(&str, &str)>,
-    plan: &str,
-) -> StatusCode {
+async fn post_faults(server: &TestServer, auth: Option<(&str, &str)>, plan: &str) -> StatusCode {
     let mut req = http_client().post(server.url("/admin/faults"));
     if let Some(header) = auth {
         req = req.insert_header(header);
@@ -81,7 +77,12 @@ async fn admin_needs_its_token_and_stalls_are_capped() {
     );
     let entry_code = format!("Bearer {CODE}");
     assert_eq!(
-        post_faults(&server, Some(("Authorization", entry_code.as_str())), "panic=1").await,
+        post_faults(
+            &server,
+            Some(("Authorization", entry_code.as_str())),
+            "panic=1"
+        )
+        .await,
         StatusCode::UNAUTHORIZED,
         "the entry code is not the admin token"
     );
@@ -96,7 +97,12 @@ async fn admin_needs_its_token_and_stalls_are_capped() {
     let why = json_body(&mut resp).await["error"].to_string();
     assert!(why.contains("stall_deadline_ms"), "{why}");
     assert_eq!(
-        post_faults(&server, Some(("Authorization", bearer.as_str())), "stall=0.5:1500ms").await,
+        post_faults(
+            &server,
+            Some(("Authorization", bearer.as_str())),
+            "stall=0.5:1500ms"
+        )
+        .await,
         StatusCode::OK
     );
     assert_eq!(
@@ -223,15 +229,24 @@ async fn the_wrong_code_budget_is_shared_through_redis() {
         );
     }
     // a saw 2 failures, b saw 2: only the shared count reaches 4.
-    assert_eq!(login_from(&a, CODE, None).await, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(login_from(&b, CODE, None).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        login_from(&a, CODE, None).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_from(&b, CODE, None).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     let metrics = metrics_of(&b).await;
     assert!(
         metrics.contains("holistream_login_failures_alert 0"),
         "2 failures here are under the ceiling of 3: {metrics}"
     );
     let metrics = metrics_of(&a).await;
-    assert!(metrics.contains("holistream_login_failures_alert 0"), "{metrics}");
+    assert!(
+        metrics.contains("holistream_login_failures_alert 0"),
+        "{metrics}"
+    );
 
     // Four more failures on one gateway from a third server's view: the
     // per-server global count passes 3.
@@ -246,7 +261,10 @@ async fn the_wrong_code_budget_is_shared_through_redis() {
         );
     }
     let metrics = metrics_of(&lone).await;
-    assert!(metrics.contains("holistream_login_failures_alert 1"), "{metrics}");
+    assert!(
+        metrics.contains("holistream_login_failures_alert 1"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("holistream_login_failure_alerts_total 1"),
         "{metrics}"
@@ -296,7 +314,14 @@ async fn hello_does_not_carry_the_session_cookie() {
 #[actix_web::test]
 async fn security_headers_on_every_response() {
     let server = TestServer::start(test_config(CODE)).await;
-    for path in ["/", "/stream.html", "/app.js", "/healthz", "/auth/code", "/nowhere"] {
+    for path in [
+        "/",
+        "/stream.html",
+        "/app.js",
+        "/healthz",
+        "/auth/code",
+        "/nowhere",
+    ] {
         let resp = http_client().get(server.url(path)).send().await.unwrap();
         let h = resp.headers();
         let get = |name: &str| {
@@ -387,7 +412,9 @@ async fn one_cookie_cannot_open_a_third_websocket() {
         .await
         .expect("second");
     assert_eq!(
-        ws_connect(&server, Some(&cookie), Some(&origin)).await.err(),
+        ws_connect(&server, Some(&cookie), Some(&origin))
+            .await
+            .err(),
         Some(StatusCode::TOO_MANY_REQUESTS)
     );
     let other = login(&server, CODE).await;
@@ -395,9 +422,13 @@ async fn one_cookie_cannot_open_a_third_websocket() {
         .await
         .expect("another session is not affected");
     drop(first);
-    eventually(Duration::from_secs(10), "a closed socket frees its place", || {
-        let (server, cookie, origin) = (&server, &cookie, &origin);
-        async move { ws_connect(server, Some(cookie), Some(origin)).await.is_ok() }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a closed socket frees its place",
+        || {
+            let (server, cookie, origin) = (&server, &cookie, &origin);
+            async move { ws_connect(server, Some(cookie), Some(origin)).await.is_ok() }
+        },
+    )
     .await;
 }

@@ -476,7 +476,10 @@ impl Worker for InferenceWorker {
                 job.msg.fail(FrameFailure::Unavailable);
                 return Ok(key);
             }
-            tracing::info!(worker = wid, "abandoned threads ended; starting a model thread");
+            tracing::info!(
+                worker = wid,
+                "abandoned threads ended; starting a model thread"
+            );
             state.thread = Some(ModelThread::spawn(wid, self.shared.clone()));
             state.set_unstaffed(false);
         }

@@ -342,7 +342,9 @@ pub async fn login(
             GlobalFailures::Crossed => {
                 state.metrics.login_failure_alerts_total.inc();
                 state.metrics.login_failures_alert.set(1);
-                tracing::warn!("wrong entry codes from all addresses passed the per-minute ceiling");
+                tracing::warn!(
+                    "wrong entry codes from all addresses passed the per-minute ceiling"
+                );
             }
             GlobalFailures::Over => state.metrics.login_failures_alert.set(1),
             GlobalFailures::Normal => state.metrics.login_failures_alert.set(0),
@@ -511,13 +513,19 @@ mod tests {
             .peer_addr("127.0.0.1:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "6.6.6.6, 198.51.100.4"))
             .to_http_request();
-        assert_eq!(proxied.client_ip(&req), "198.51.100.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            proxied.client_ip(&req),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
         let direct = TestRequest::default()
             .peer_addr("203.0.113.5:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "198.51.100.4"))
             .insert_header(("x-real-ip", "198.51.100.4"))
             .to_http_request();
-        assert_eq!(proxied.client_ip(&direct), "203.0.113.5".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            proxied.client_ip(&direct),
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

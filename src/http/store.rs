@@ -157,7 +157,10 @@ impl RedisMirror {
                 redis::pipe().get(&key).pttl(&key).query_async(&mut conn),
             )
             .await?;
-        Ok((count.unwrap_or(0), Duration::from_millis(pttl.max(0) as u64)))
+        Ok((
+            count.unwrap_or(0),
+            Duration::from_millis(pttl.max(0) as u64),
+        ))
     }
 
     /// Counts one wrong code: a fixed window that starts with the first
