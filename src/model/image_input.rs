@@ -143,7 +143,7 @@ pub enum ImageInputError {
     UnknownFormat,
     #[error("image is {width}x{height}: zero-sized")]
     ZeroSize { width: u32, height: u32 },
-    #[error("image is {width}x{height}: larger than this server accepts")]
+    #[error("image is {width}x{height}: above the decode limits")]
     TooLarge { width: u32, height: u32 },
     /// The scans hold fewer bytes than any complete image of the declared
     /// size needs: libjpeg would pad the missing data and still decode every
