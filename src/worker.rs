@@ -48,7 +48,8 @@ use crate::actors::remote::{
     EntryId, JOBS_STREAM, RESULTS_MAXLEN, RESULTS_TTL_S, WORKERS_GROUP, WireJob, WireOutcome,
     WireResult, WorkerTimings, create_group_cmd, group_exists, results_stream,
 };
-use crate::model::{Holistic, ProcessOptions, decode_image};
+use crate::model::image_input::{DecodeLimits, decode_image_with};
+use crate::model::{Holistic, ProcessOptions};
 
 /// Flags of `holistream worker`; each also reads the environment variable
 /// named beside it.
@@ -71,6 +72,14 @@ pub struct WorkerArgs {
     /// Longest wait of one `XREADGROUP`; bounds how late a stop is seen.
     #[arg(long, default_value_t = 1000)]
     pub block_ms: u64,
+    /// Largest frame accepted, in either orientation (the gateways'
+    /// `pool.max_frame_width`); bigger frames are answered `bad_frame`
+    /// before any pixel is decoded. At most 4096.
+    #[arg(long, env = "HOLISTREAM_MAX_FRAME_WIDTH", default_value_t = 1920)]
+    pub max_frame_width: u32,
+    /// See `--max-frame-width`.
+    #[arg(long, env = "HOLISTREAM_MAX_FRAME_HEIGHT", default_value_t = 1080)]
+    pub max_frame_height: u32,
 }
 
 /// Errors of the worker command.
@@ -105,6 +114,7 @@ struct WorkerContext {
     block: Duration,
     shutdown: CancellationToken,
     counters: WorkerCounters,
+    decode_limits: DecodeLimits,
     /// `(consumer, entry id)` of every job a thread of this process holds;
     /// renewed by [`lease_thread`].
     held: Mutex<BTreeSet<(String, String)>>,
@@ -152,8 +162,11 @@ pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), W
         }
         None => default_name(),
     };
+    let decode_limits = DecodeLimits::new(args.max_frame_width, args.max_frame_height)
+        .map_err(|e| WorkerError::Config(format!("--max-frame-width/--max-frame-height: {e}")))?;
     let client = redis::Client::open(args.redis_url.as_str()).map_err(WorkerError::RedisUrl)?;
     let ctx = Arc::new(WorkerContext {
+        decode_limits,
         client,
         name,
         claim_idle: Duration::from_millis(args.claim_idle_ms),
@@ -598,7 +611,7 @@ impl ThreadState<'_> {
         let run = catch_unwind(AssertUnwindSafe(|| {
             let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
             let t = Instant::now();
-            let image = match decode_image(&job.jpeg) {
+            let image = match decode_image_with(&job.jpeg, &ctx.decode_limits) {
                 Ok(i) => i,
                 Err(e) => return WireOutcome::BadFrame(e.to_string()),
             };

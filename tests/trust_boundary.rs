@@ -5,6 +5,7 @@
 //! in its cookie, security headers, and the per-session WebSocket cap.
 
 mod common;
+mod stream_support;
 
 use std::time::Duration;
 
@@ -431,4 +432,31 @@ async fn one_cookie_cannot_open_a_third_websocket() {
         },
     )
     .await;
+}
+
+/// Frames larger than `pool.max_frame_width` x `max_frame_height` are
+/// answered `bad_frame`, and the worker lives on.
+#[actix_web::test]
+async fn frames_above_the_configured_size_are_bad_frames() {
+    use stream_support::{
+        frame, jpeg_640x480, metric, metrics_text, next_answer, open_session, send,
+    };
+    let mut c = test_config(CODE);
+    c.pool.max_frame_width = 320;
+    c.pool.max_frame_height = 240;
+    let server = TestServer::start(c).await;
+    let cookie = login(&server, CODE).await;
+    let mut conn = open_session(&server, &cookie).await;
+    send(&mut conn, frame(1, 0.0, &jpeg_640x480("obama.jpg"))).await;
+    let a = next_answer(&mut conn, Duration::from_secs(30)).await;
+    assert_eq!(
+        (a["type"].as_str(), a["code"].as_str(), a["seq"].as_u64()),
+        (Some("error"), Some("bad_frame"), Some(1)),
+        "{a}"
+    );
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(&m, r#"holistream_worker_restarts_total{reason="panic"}"#),
+        0.0
+    );
 }

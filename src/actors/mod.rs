@@ -27,6 +27,8 @@ pub mod worker;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::image_input::DecodeLimits;
+
 pub use faults::{Fault, FaultPlan, FaultPlanError};
 pub use pool::{FrameDone, FrameFailure, FrameJob, FrameOutput, InferencePool, PoolError};
 pub use session::{SessionActor, SessionRegistry, SessionsFull};
@@ -52,6 +54,12 @@ pub struct PoolConfig {
     /// past this many the pool stops replacing stalled workers and reports
     /// not ready, instead of growing.
     pub max_abandoned_threads: usize,
+    /// Largest frame a worker decodes, in either orientation; a bigger one is
+    /// answered `bad_frame` from its header, before any pixel is decoded.
+    /// At most 4096 per side. What a camera sends: Full HD by default.
+    pub max_frame_width: u32,
+    /// See `max_frame_width`.
+    pub max_frame_height: u32,
     /// Fault injection, for tests (`panic=0.05,stall=0.01:2s,slow=0.1:50ms`).
     pub faults: FaultPlan,
     /// `local` (the settings above) or `redis` (remote workers, below).
@@ -70,6 +78,8 @@ impl Default for PoolConfig {
             job_ttl_ms: 100,
             stall_deadline_ms: 1500,
             max_abandoned_threads: 2,
+            max_frame_width: DecodeLimits::CAMERA.max_width(),
+            max_frame_height: DecodeLimits::CAMERA.max_height(),
             faults: FaultPlan::none(),
             kind: remote::PoolKind::Local,
             remote: remote::RemotePoolConfig::default(),
@@ -107,7 +117,14 @@ impl PoolConfig {
             ));
         }
         self.check_faults(&self.faults)?;
+        self.decode_limits()?;
         Ok(())
+    }
+
+    /// The frame size limits of the workers.
+    pub fn decode_limits(&self) -> Result<DecodeLimits, String> {
+        DecodeLimits::new(self.max_frame_width, self.max_frame_height)
+            .map_err(|e| format!("pool.max_frame_width/max_frame_height: {e}"))
     }
 
     /// A fault plan this pool may run: an injected stall never outlasts
@@ -243,6 +260,15 @@ mod tests {
             ..Default::default()
         };
         p.validate().unwrap();
+        let p = PoolConfig {
+            max_frame_width: 8192,
+            ..Default::default()
+        };
+        assert!(p.validate().unwrap_err().contains("pool.max_frame_width"));
+        assert_eq!(
+            PoolConfig::default().decode_limits().unwrap(),
+            DecodeLimits::CAMERA
+        );
         let s = SessionConfig {
             default_fps: 100,
             max_fps: 30,

@@ -351,6 +351,7 @@ impl InferencePool {
             faults: faults.clone(),
             stall_deadline,
             census: ThreadCensus::new(cfg.max_abandoned_threads),
+            decode_limits: cfg.decode_limits().map_err(PoolError::Config)?,
         });
 
         // Load the models concurrently, one per worker thread.

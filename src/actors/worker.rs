@@ -43,7 +43,8 @@ use super::faults::{Fault, FaultPlan};
 use super::pool::{FrameDone, FrameFailure, FrameJob, FrameKey, FrameOutput, PoolJob};
 use super::protocol::{FrameTimings, result_json};
 use crate::http::Metrics;
-use crate::model::{Holistic, HolisticResult, ProcessOptions, TrackingState, decode_image};
+use crate::model::image_input::{DecodeLimits, decode_image_with};
+use crate::model::{Holistic, HolisticResult, ProcessOptions, TrackingState};
 
 /// What all workers of a pool share.
 pub(crate) struct WorkerShared {
@@ -51,6 +52,8 @@ pub(crate) struct WorkerShared {
     pub(crate) faults: Arc<RwLock<FaultPlan>>,
     pub(crate) stall_deadline: Duration,
     pub(crate) census: ThreadCensus,
+    /// Largest frame decoded (`pool.max_frame_width` x `max_frame_height`).
+    pub(crate) decode_limits: DecodeLimits,
 }
 
 /// Counts abandoned model threads still alive, and workers left without a
@@ -233,7 +236,14 @@ fn model_thread(
     {
         let fault = shared.faults.read().draw();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            process_frame(&holistic, &shared.metrics, frame, queued, fault)
+            process_frame(
+                &holistic,
+                &shared.metrics,
+                &shared.decode_limits,
+                frame,
+                queued,
+                fault,
+            )
         }));
         match outcome {
             Ok(done) => {
@@ -264,6 +274,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 fn process_frame(
     holistic: &Holistic,
     metrics: &Metrics,
+    limits: &DecodeLimits,
     frame: FrameJob,
     queued: Duration,
     fault: Fault,
@@ -286,7 +297,7 @@ fn process_frame(
     } = frame;
 
     let t_decode = Instant::now();
-    let image = match decode_image(&jpeg) {
+    let image = match decode_image_with(&jpeg, limits) {
         Ok(image) => image,
         Err(e) => {
             return FrameDone {
@@ -599,6 +610,7 @@ mod tests {
             faults: Arc::new(RwLock::new(FaultPlan::none())),
             stall_deadline: Duration::from_millis(100),
             census: ThreadCensus::new(max_abandoned),
+            decode_limits: DecodeLimits::CAMERA,
         })
     }
 
