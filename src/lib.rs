@@ -13,6 +13,7 @@
 //!   limiter's key; [`session_id`]: a session's public tag (the cookie's uuid
 //!   never leaves the cookie).
 //! - [`healthcheck`]: `holistream healthcheck`, the container's liveness probe.
+//! - [`stats`]: the one percentile definition (bench, load generator, tests).
 
 pub mod actors;
 pub mod config;
@@ -22,4 +23,5 @@ pub mod loadgen;
 pub mod model;
 pub mod net;
 pub mod session_id;
+pub mod stats;
 pub mod worker;

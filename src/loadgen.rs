@@ -65,21 +65,18 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// Nearest-rank percentiles of `samples` (sorted in place).
+    /// Percentiles of `samples` (sorted in place) by
+    /// [`crate::stats::percentile`] (nearest rank); all zero when empty.
     pub fn of(samples: &mut [f64]) -> Percentiles {
         if samples.is_empty() {
             return Percentiles::default();
         }
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples[rank - 1]
-        };
+        let mut at = |q: f64| crate::stats::percentile(samples, q);
         Percentiles {
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
-            max: samples[samples.len() - 1],
+            max: at(1.0),
             count: samples.len(),
         }
     }

@@ -212,17 +212,11 @@ pub struct BenchReport {
     pub iters: usize,
 }
 
+/// The median of `values` (sorted in place) as every figure of the project
+/// reports it: [`crate::stats::median`], nearest rank (the lower middle of an
+/// even count); NaN when empty.
 pub fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
+    crate::stats::median(values)
 }
 
 /// Runs the bench: `iters` forward passes per net, and `iters` frames per
@@ -616,7 +610,7 @@ mod tests {
     #[test]
     fn median_of_odd_and_even() {
         assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.0);
         assert!(super::median(&mut []).is_nan());
     }
 }

@@ -142,12 +142,12 @@ pub async fn set_faults(server: &TestServer, plan: &str) {
     assert_eq!(resp.status(), 200, "setting faults {plan:?}");
 }
 
-/// Nearest-rank percentile of `v` (sorted in place).
+/// Nearest-rank percentile of `v` (sorted in place): the definition the
+/// bench and `loadgen` report, [`holistream::stats::percentile`]; panics when
+/// there are no samples, so a test cannot assert on a NaN.
 pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     assert!(!v.is_empty(), "no samples");
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    holistream::stats::percentile(v, q)
 }
 
 /// Seconds from the env variable `name`, else `default`.
