@@ -494,6 +494,25 @@ impl StreamingClient {
         self.seen.lock().clone()
     }
 
+    /// Frames sent after the newest one answered: in the pool or waiting in
+    /// the session's slot.
+    fn unanswered_tail(&self) -> usize {
+        let newest_answer = self
+            .all()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Result { seq, .. } | Seen::Error { seq: Some(seq), .. } => Some(*seq),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        self.sent
+            .lock()
+            .iter()
+            .filter(|s| **s > newest_answer)
+            .count()
+    }
+
     /// Every answer is for a frame this client sent, and no frame is
     /// answered twice.
     fn assert_answers_match_frames(&self, who: &str) {
@@ -770,6 +789,14 @@ async fn sigterm_with_frames_in_flight_closes_every_socket_within_the_timeout() 
     })
     .await;
 
+    // Frames in flight on both sockets at the signal (at 15 fps against
+    // ~100 ms a frame, at once).
+    wait_for(
+        Duration::from_secs(10),
+        "unanswered frames on both clients",
+        || clients.iter().all(|c| c.unanswered_tail() >= 1),
+    )
+    .await;
     assert!(server.proc.exited().is_none(), "serve exited by itself");
     server.proc.sigterm();
     let term = Instant::now();
