@@ -1,0 +1,298 @@
+//! A real headless Chromium driven over WebDriver (`chromedriver` +
+//! fantoccini) with a fake camera that plays the project's public-domain
+//! photos, for the tests that run the web demo end to end through something
+//! (nginx, TLS). The same approach as `tests/web_e2e.rs`, whose own copy also
+//! tests the clip itself (4:2:0, 640x480).
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`;
+//! `CHROMIUM` / `CHROMEDRIVER` override the paths).
+
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use image::{RgbImage, imageops};
+use serde_json::{Value, json};
+
+const CLIP_SIZE: (u32, u32) = (640, 480);
+/// Frames each photo stays on the fake camera (30 fps: one second each).
+const FRAMES_PER_PHOTO: usize = 30;
+/// The public-domain photos of the clip, each showing one person (pose and face).
+const CLIP_PHOTOS: [&str; 3] = ["astronaut.png", "obama.jpg", "grace_hopper.jpg"];
+/// Bound on a page load or a click's effect.
+pub const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------ the clip
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Scales `photo` to fit 640x480 and centres it on black, as a webcam frame.
+fn letterbox(photo: &RgbImage) -> RgbImage {
+    let (w, h) = CLIP_SIZE;
+    let scale = f64::min(
+        w as f64 / photo.width() as f64,
+        h as f64 / photo.height() as f64,
+    );
+    let sw = ((photo.width() as f64 * scale).round() as u32).clamp(1, w);
+    let sh = ((photo.height() as f64 * scale).round() as u32).clamp(1, h);
+    let scaled = imageops::resize(photo, sw, sh, imageops::FilterType::Triangle);
+    let mut frame = RgbImage::new(w, h);
+    imageops::replace(
+        &mut frame,
+        &scaled,
+        ((w - sw) / 2) as i64,
+        ((h - sh) / 2) as i64,
+    );
+    frame
+}
+
+/// One baseline JPEG with 4:2:0 chroma subsampling: Chromium's fake camera
+/// shows 4:4:4 frames as a plain green picture without any error.
+fn encode_420(frame: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+    // Set explicitly: the encoder picks 4:4:4 by itself at quality >= 90.
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+    encoder
+        .encode(
+            frame.as_raw(),
+            frame.width() as u16,
+            frame.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("encoding a clip frame");
+    out
+}
+
+/// Builds the fake camera's MJPEG clip (JPEG frames back to back) in `dir`.
+pub fn build_clip(dir: &Path) -> PathBuf {
+    let mut clip = Vec::new();
+    for name in CLIP_PHOTOS {
+        let path = fixtures().join(name);
+        let photo = image::open(&path)
+            .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
+            .to_rgb8();
+        let jpeg = encode_420(&letterbox(&photo));
+        for _ in 0..FRAMES_PER_PHOTO {
+            clip.extend_from_slice(&jpeg);
+        }
+    }
+    let path = dir.join("fake_camera.mjpeg");
+    std::fs::write(&path, &clip).expect("writing the clip");
+    path
+}
+
+// ------------------------------------------------------------ the browser
+
+fn tool(env: &str, default: &str) -> String {
+    let path = std::env::var(env).unwrap_or_else(|_| default.to_string());
+    assert!(
+        Path::new(&path).exists(),
+        "{path} not found: install Debian's chromium and chromium-driver (or set {env})"
+    );
+    path
+}
+
+/// A `chromedriver` child on a free port; killed on drop.
+pub struct ChromeDriver {
+    port: u16,
+    child: Child,
+}
+
+impl ChromeDriver {
+    pub fn spawn() -> ChromeDriver {
+        let bin = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
+        // unwrap: binding port 0 on loopback only fails without a loopback.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let mut driver = ChromeDriver { port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        driver
+    }
+
+    /// A headless Chromium session whose camera plays `fake_camera`;
+    /// `extra_args` are added to Chromium's command line.
+    pub async fn browser(&self, fake_camera: &Path, extra_args: &[&str]) -> Client {
+        let chromium = tool("CHROMIUM", "/usr/bin/chromium");
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1280,1000".into(),
+            "--use-fake-ui-for-media-stream".into(),
+            "--use-fake-device-for-media-stream".into(),
+            format!(
+                "--use-file-for-fake-video-capture={}",
+                fake_camera.display()
+            ),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": chromium, "args": args }),
+        );
+        ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("starting a Chromium session over WebDriver")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Evaluates `script` (which must `return` a value) until `done` accepts the
+/// value; returns it, or panics with `what` and the last value seen.
+pub async fn poll_js(
+    client: &Client,
+    timeout: Duration,
+    what: &str,
+    script: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = client
+            .execute(script, vec![])
+            .await
+            .expect("running a script in the page");
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {value}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the page's URL has `path`.
+pub async fn wait_for_path(client: &Client, path: &str) {
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    loop {
+        let url = client.current_url().await.expect("reading the URL");
+        if url.path() == path {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "page stayed at {url}, expected path {path}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs in through the page at `base` (`http://host:port`): the login form,
+/// the code, the submit button; returns once the stream page is shown.
+pub async fn login_through_page(client: &Client, base: &str, code: &str) {
+    client
+        .goto(&format!("{base}/"))
+        .await
+        .unwrap_or_else(|e| panic!("loading {base}/: {e}"));
+    let field = client
+        .wait()
+        .at_most(PAGE_TIMEOUT)
+        .for_element(Locator::Id("code"))
+        .await
+        .expect("the login form's code field");
+    // The page's script attaches the form's handler once its session check
+    // (`GET /auth/code`) is answered; a click before that would submit the
+    // form natively.
+    poll_js(
+        client,
+        PAGE_TIMEOUT,
+        "the login page's session check",
+        "return performance.getEntriesByName(new URL('/auth/code', location.href).href).length > 0;",
+        |v| v == true,
+    )
+    .await;
+    field.clear().await.unwrap();
+    field.send_keys(code).await.unwrap();
+    client
+        .find(Locator::Id("login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_path(client, "/stream.html").await;
+}
+
+/// The page's counters and the last result, as `window.holistream` exposes them.
+pub const PAGE_STATE: &str = r#"
+    const h = window.holistream;
+    if (!h) return null;
+    return {
+        connection: h.connection,
+        camera: h.camera,
+        stats: h.stats,
+        lastResult: h.lastResult,
+        connText: document.getElementById('conn-state').textContent,
+        errors: h.errors.map((e) => `[${e.source}] ${e.text}`),
+    };
+"#;
+
+/// The page's count of results so far (0 before the page is up).
+pub fn results(state: &Value) -> u64 {
+    state["stats"]["results"].as_u64().unwrap_or(0)
+}
+
+/// MediaPipe's landmark counts in the page's last result: 33 pose, 468
+/// face, 0 or 21 per hand.
+pub fn landmark_counts_ok(result: &Value) -> bool {
+    let counts = &result["counts"];
+    let hand_ok = |v: &Value| v == 0 || v == 21;
+    counts["pose"] == 33
+        && counts["face"] == 468
+        && hand_ok(&counts["left_hand"])
+        && hand_ok(&counts["right_hand"])
+}
+
+/// Where screenshots go: `$HOLISTREAM_ARTIFACTS`, or `target/artifacts/`.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = std::env::var_os("HOLISTREAM_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+                .join("artifacts")
+        });
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
