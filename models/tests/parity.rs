@@ -126,7 +126,7 @@ fn every_net_matches_tflite_on_its_fixture() {
 #[test]
 fn fused_kernels_match_tflite_on_every_isa() {
     let fused = FusedNets::load().expect("shipped nets lower");
-    for isa in Isa::available() {
+    for isa in Isa::under_test() {
         check_against_tflite(&fused.with_isa(isa), isa.name());
     }
 }
