@@ -464,13 +464,6 @@ impl StreamingClient {
             .count()
     }
 
-    fn first_result_since(&self, t: Instant) -> Option<Instant> {
-        self.seen.lock().iter().find_map(|s| match s {
-            Seen::Result { at, .. } if *at >= t => Some(*at),
-            _ => None,
-        })
-    }
-
     fn errors_since(&self, t: Instant) -> Vec<String> {
         self.seen
             .lock()
@@ -881,6 +874,7 @@ fn serve_to_exit(args: &[&str]) -> (ExitStatus, String) {
 
 #[test]
 fn config_errors_exit_2_with_one_line() {
+    let _serial = ONE_AT_A_TIME.lock();
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
