@@ -23,9 +23,9 @@
 //!    `X-Real-IP`;
 //! 3. `/admin/` and `/metrics` refused by nginx itself (a gateway's own
 //!    listener still serves `/metrics`);
-//! 4. TLS with a self-signed certificate the test makes: Chromium logs in and
-//!    streams over `https://`, the cookie is `Secure`, HSTS is sent, plain
-//!    HTTP is redirected to the HTTPS port.
+//! 4. TLS with a self-signed certificate the test makes: TLS 1.2 and 1.3
+//!    only; Chromium logs in and streams over `https://`, the cookie is
+//!    `Secure`, HSTS is sent, plain HTTP is redirected to the HTTPS port.
 //!
 //! Needs `nginx` (Debian's `nginx-light`; `NGINX` overrides the path),
 //! `redis-server`, `openssl`, `chromium` and `chromium-driver`. Every process
@@ -957,6 +957,28 @@ async fn streams_over_tls(client: &Client, d: &mut Deployment) {
         Some(format!("https://127.0.0.1:{}/stream.html?x=1", https.port()).as_str()),
         "{resp:?}"
     );
+
+    // TLS 1.2 and 1.3 only. The client allows the old versions too
+    // (`@SECLEVEL=0`), so a refusal is the server's.
+    for (version, accepted) in [
+        ("-tls1", false),
+        ("-tls1_1", false),
+        ("-tls1_2", true),
+        ("-tls1_3", true),
+    ] {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &https.to_string(), version])
+            .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running openssl s_client");
+        assert_eq!(
+            out.status.success(),
+            accepted,
+            "a {version} handshake: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // The browser forgets the plain-HTTP session (cookies are not per port),
     // follows the redirect, logs in over HTTPS and streams.
