@@ -1,7 +1,13 @@
 //! The session store mirrored in a real `redis-server`: two server instances
-//! sharing sessions, logout honoured across instances within a second, and a
-//! Redis outage (fail closed for what cannot be verified, verified sessions
-//! and open streams go on, recovery when Redis returns).
+//! sharing sessions, logout honoured across instances, and a Redis outage
+//! (fail closed for what cannot be verified, verified sessions and open
+//! streams go on, recovery when Redis returns).
+//!
+//! "Within a second" is a property of the configuration (an instance
+//! re-checks a cached session every `redis.recheck_ms`, which `validate`
+//! keeps at or under 1 s; the config tests check that), not something a test
+//! on a shared machine can time: these tests poll for outcomes with generous
+//! deadlines ([`OUTCOME`]) and print how long they took.
 
 mod common;
 
@@ -15,6 +21,11 @@ use holistream::http::Metrics;
 use holistream::http::store::{SessionStatus, SessionStore, StoreError, StoreSettings};
 
 const CODE: &str = "mirror-code";
+
+/// How long a test waits for an outcome that takes one re-check interval
+/// (at most 1 s) on an idle machine: far more, so a loaded CI machine does
+/// not fail it, while a logout that is never honoured still does.
+const OUTCOME: Duration = Duration::from_secs(15);
 
 fn mirrored_config(redis: &RedisServer) -> holistream::config::Config {
     let mut c = test_config(CODE);
@@ -35,7 +46,7 @@ async fn two_instances_share_sessions_and_logouts() {
         panic!("B refused A's session for the WebSocket: {status}");
     }
 
-    // Logout on A: B refuses within a second (it had the session cached).
+    // Logout on A: B refuses (it had the session cached) after its re-check.
     let resp = http_client()
         .post(a.url("/auth/logout"))
         .insert_header(("Cookie", cookie.as_str()))
@@ -44,16 +55,12 @@ async fn two_instances_share_sessions_and_logouts() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let revoked = Instant::now();
-    eventually(
-        Duration::from_secs(1),
-        "B to refuse a session logged out on A",
-        || {
-            let (b, cookie) = (&b, &cookie);
-            async move { session_status(b, cookie).await == StatusCode::UNAUTHORIZED }
-        },
-    )
+    eventually(OUTCOME, "B to refuse a session logged out on A", || {
+        let (b, cookie) = (&b, &cookie);
+        async move { session_status(b, cookie).await == StatusCode::UNAUTHORIZED }
+    })
     .await;
-    assert!(revoked.elapsed() < Duration::from_secs(1));
+    eprintln!("logout on A honoured by B after {:?}", revoked.elapsed());
     assert_eq!(
         ws_connect(&b, Some(&cookie), None).await.err(),
         Some(StatusCode::UNAUTHORIZED)
@@ -106,9 +113,10 @@ async fn redis_outage_fails_closed_and_recovers() {
         ws_connect(&server, Some(&unknown), None).await.err(),
         Some(StatusCode::SERVICE_UNAVAILABLE)
     );
-    // The verified session goes on, past the re-check interval.
+    // The verified session goes on, past the re-check interval (at most
+    // 1 s; twice that, so a re-check surely happened during the outage).
     let outage = Instant::now();
-    while outage.elapsed() < Duration::from_millis(1_200) {
+    while outage.elapsed() < Duration::from_millis(2_000) {
         assert_eq!(session_status(&server, &cookie).await, StatusCode::OK);
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
@@ -230,17 +238,21 @@ async fn store_watch_ends_on_remote_revocation_and_not_on_outage() {
     let watcher = actix_web::rt::spawn(async move { watch.wait_until_invalid(s.id).await });
     a.revoke(s.id).await.unwrap();
     let revoked = Instant::now();
-    actix_web::rt::time::timeout(Duration::from_secs(1), watcher)
+    actix_web::rt::time::timeout(OUTCOME, watcher)
         .await
-        .expect("revocation on A not seen on B within a second")
+        .expect("revocation on A never seen on B")
         .unwrap();
-    assert!(revoked.elapsed() < Duration::from_secs(1));
+    eprintln!(
+        "revocation on A seen by B's watch after {:?}",
+        revoked.elapsed()
+    );
 
     // During an outage the watch does not fire for a verified session.
     let s2 = a.create().await.unwrap();
     assert_eq!(b.verify(s2.id).await.unwrap(), SessionStatus::Valid);
     redis.stop();
     let watch = b.clone();
+    // Five re-check intervals (300 ms here) without an answer from Redis.
     let outcome = actix_web::rt::time::timeout(
         Duration::from_millis(1_500),
         watch.wait_until_invalid(s2.id),
@@ -249,14 +261,18 @@ async fn store_watch_ends_on_remote_revocation_and_not_on_outage() {
     assert!(outcome.is_err(), "an outage ended a verified session");
     assert_eq!(b.verify(s2.id).await.unwrap(), SessionStatus::Valid);
     assert!(matches!(a.create().await, Err(StoreError::Unavailable(_))));
-    // Calls stay bounded by the timeout while Redis is away.
+    // Calls stay bounded by the timeout (250 ms) while Redis is away: a
+    // session B never verified cannot be told, and says so instead of
+    // hanging (the bound only catches a hang, not a slow machine).
     let t = Instant::now();
-    let _ = b.verify(uuid::Uuid::new_v4()).await;
+    let unknown = actix_web::rt::time::timeout(OUTCOME, b.verify(uuid::Uuid::new_v4()))
+        .await
+        .unwrap_or_else(|_| panic!("a dead Redis hung a call for {OUTCOME:?}"));
     assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "a dead Redis hung a call for {:?}",
-        t.elapsed()
+        matches!(unknown, Err(StoreError::Unavailable(_))),
+        "{unknown:?}"
     );
+    eprintln!("verify with Redis down answered after {:?}", t.elapsed());
 }
 
 /// PTTL through a raw RESP exchange, independent of the code under test.
