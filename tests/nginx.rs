@@ -663,12 +663,6 @@ async fn the_shipped_nginx_serves_the_demo_plain_and_over_tls() {
         nginx: Some(nginx),
         dir,
     };
-    let clip = browser_support::build_clip(d.dir.path());
-    let driver = ChromeDriver::spawn();
-    // The certificate of phase 4 is self-signed.
-    let client = driver
-        .browser(&clip, &["--ignore-certificate-errors"])
-        .await;
     for w in 0..2 {
         let name = format!("w{}-0", w + 1);
         let proc = &mut d.workers[w];
@@ -679,6 +673,14 @@ async fn the_shipped_nginx_serves_the_demo_plain_and_over_tls() {
         })
         .await;
     }
+    // The browser last, once nothing else can fail at start: from here on a
+    // failure closes it before the processes go.
+    let clip = browser_support::build_clip(d.dir.path());
+    let driver = ChromeDriver::spawn();
+    // The certificate of phase 4 is self-signed.
+    let client = driver
+        .browser(&clip, &["--ignore-certificate-errors"])
+        .await;
     eprintln!(
         "[{:?}] started: redis, 2 workers, 2 gateways, nginx, chromium",
         started.elapsed()
