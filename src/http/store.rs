@@ -20,6 +20,16 @@
 //!   [`StoreError::Unavailable`], which HTTP maps to 503 (fail closed). A
 //!   revocation made elsewhere during the outage is learned when Redis returns.
 //!
+//! - Redis restarted empty (no persistence, as compose runs it): every
+//!   session key is gone, which would read as "logged out everywhere". To
+//!   tell the two apart, Redis holds an epoch marker (`<prefix>:epoch`, a
+//!   random value set only when absent) read with every check; each local
+//!   entry remembers the epoch it was last confirmed under. A session missing
+//!   under a *new* epoch was lost with Redis's data, not revoked: this
+//!   instance writes it back with its remaining lifetime and streaming goes
+//!   on. The price: a logout made elsewhere in the last `recheck` before the
+//!   data loss is undone.
+//!
 //! Every Redis call is bounded by `redis.timeout_ms`, so a dead Redis never
 //! hangs a request; the `ConnectionManager` reconnects by itself in the
 //! background, and the next call after Redis is back simply succeeds.
@@ -79,13 +89,18 @@ pub enum SessionStatus {
 }
 
 /// What the local map knows of one session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct LocalEntry {
     expires: Instant,
     /// When Redis last confirmed the session (creation counts); unused
     /// without Redis.
     confirmed: Instant,
+    /// Redis's epoch marker at that confirmation (empty without Redis).
+    epoch: Epoch,
 }
+
+/// The value of the epoch marker: shared, since every entry holds one.
+type Epoch = Arc<str>;
 
 /// The Redis side of the store.
 struct RedisMirror {
@@ -116,11 +131,39 @@ impl RedisMirror {
         }
     }
 
-    async fn put(&self, id: Uuid, ttl: Duration) -> Result<(), StoreError> {
+    fn epoch_key(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// Adds "set the epoch marker if absent, read it" to a pipeline; a fresh
+    /// random value only wins on an empty Redis.
+    fn with_epoch<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
+        let key = self.epoch_key();
+        let fresh = Uuid::new_v4().simple().to_string();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(fresh)
+            .arg("NX")
+            .ignore()
+            .get(key)
+    }
+
+    /// Writes the session with `ttl`; returns the epoch it was written under.
+    async fn put(&self, id: Uuid, ttl: Duration) -> Result<Epoch, StoreError> {
         let mut conn = self.conn.clone();
         let key = self.key(id);
-        self.bounded("SET", conn.set_ex::<_, _, ()>(key, 1, ttl.as_secs().max(1)))
-            .await
+        let ttl_ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
+        let (epoch,): (String,) = self
+            .bounded("SET", self.with_epoch(&mut pipe).query_async(&mut conn))
+            .await?;
+        Ok(epoch.into())
     }
 
     async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
@@ -129,17 +172,23 @@ impl RedisMirror {
         self.bounded("DEL", conn.del::<_, ()>(key)).await
     }
 
-    /// Remaining lifetime of the session in Redis, `None` when absent.
-    async fn remaining(&self, id: Uuid) -> Result<Option<Duration>, StoreError> {
+    /// Remaining lifetime of the session in Redis, `None` when absent, and
+    /// the epoch marker.
+    async fn remaining(&self, id: Uuid) -> Result<(Option<Duration>, Epoch), StoreError> {
         let mut conn = self.conn.clone();
         let key = self.key(id);
-        let pttl: i64 = self.bounded("PTTL", conn.pttl(key)).await?;
-        Ok(match pttl {
+        let mut pipe = redis::pipe();
+        pipe.pttl(key);
+        let (pttl, epoch): (i64, String) = self
+            .bounded("PTTL", self.with_epoch(&mut pipe).query_async(&mut conn))
+            .await?;
+        let left = match pttl {
             // -2: no such key. -1: a key without expiry, which this store
             // never writes; refuse it rather than accept a session forever.
             ms if ms <= 0 => None,
             ms => Some(Duration::from_millis(ms as u64)),
-        })
+        };
+        Ok((left, epoch.into()))
     }
 
     fn failures_key(&self, client: &str) -> String {
@@ -270,18 +319,20 @@ impl SessionStore {
     pub async fn create(&self) -> Result<NewSession, StoreError> {
         let id = Uuid::new_v4();
         let ttl = self.inner.ttl;
-        if let Some(redis) = &self.inner.redis {
-            redis
+        let epoch = match &self.inner.redis {
+            Some(redis) => redis
                 .put(id, ttl)
                 .await
-                .inspect_err(|_| self.redis_failed())?;
-        }
+                .inspect_err(|_| self.redis_failed())?,
+            None => Epoch::from(""),
+        };
         let now = Instant::now();
         self.insert_local(
             id,
             LocalEntry {
                 expires: now + ttl,
                 confirmed: now,
+                epoch,
             },
         );
         Ok(NewSession { id, ttl })
@@ -305,8 +356,8 @@ impl SessionStore {
     /// unreachable and this instance has never verified the session.
     pub async fn verify(&self, id: Uuid) -> Result<SessionStatus, StoreError> {
         let now = Instant::now();
-        let cached = self.inner.local.lock().get(&id).copied();
-        if let Some(entry) = cached
+        let cached = self.inner.local.lock().get(&id).cloned();
+        if let Some(entry) = &cached
             && entry.expires <= now
         {
             self.remove_local(id);
@@ -318,27 +369,53 @@ impl SessionStore {
                 None => SessionStatus::Invalid,
             });
         };
-        if let Some(entry) = cached
+        if let Some(entry) = &cached
             && now.duration_since(entry.confirmed) < self.inner.recheck
         {
             return Ok(SessionStatus::Valid);
         }
         match redis.remaining(id).await {
-            Ok(Some(left)) => {
+            Ok((Some(left), epoch)) => {
                 let now = Instant::now();
                 self.insert_local(
                     id,
                     LocalEntry {
                         expires: now + left,
                         confirmed: now,
+                        epoch,
                     },
                 );
                 Ok(SessionStatus::Valid)
             }
-            Ok(None) => {
-                self.remove_local(id);
-                Ok(SessionStatus::Invalid)
-            }
+            Ok((None, epoch)) => match cached {
+                // Confirmed under another epoch: Redis lost its data since
+                // (restarted empty), the session was not revoked. Written
+                // back with the lifetime it had left.
+                Some(entry) if entry.epoch != epoch => {
+                    let left = entry.expires.saturating_duration_since(Instant::now());
+                    let epoch = redis
+                        .put(id, left)
+                        .await
+                        .inspect_err(|_| self.redis_failed())?;
+                    tracing::info!(
+                        session = %crate::session_id::SessionTag::of(id),
+                        "Redis lost its data (new epoch): session written back"
+                    );
+                    self.insert_local(
+                        id,
+                        LocalEntry {
+                            expires: entry.expires,
+                            confirmed: Instant::now(),
+                            epoch,
+                        },
+                    );
+                    Ok(SessionStatus::Valid)
+                }
+                _ => {
+                    self.remove_local(id);
+                    Ok(SessionStatus::Invalid)
+                }
+            },
             Err(e) => {
                 self.redis_failed();
                 // Known and unexpired here: keep accepting it through the
