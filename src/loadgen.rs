@@ -451,10 +451,14 @@ async fn run_client(
                             }
                             "stats" => {
                                 if let Some(s) = msg.stats {
+                                    // Final only once the server has counted
+                                    // every frame sent: a stats message
+                                    // written before the last frames arrived
+                                    // would under-report the drops.
+                                    if Instant::now() >= send_until && s.received >= report.sent {
+                                        stats_after_stop = true;
+                                    }
                                     report.server_stats = s;
-                                }
-                                if Instant::now() >= send_until {
-                                    stats_after_stop = true;
                                 }
                                 None
                             }
@@ -478,9 +482,23 @@ async fn run_client(
             _ = tokio::time::sleep_until((drain_until).into()) => {}
         }
     }
-    let _ = conn
+    // A clean close: send ours, then read until the server's close (or the
+    // end), bounded; dropping the socket right away reads as a protocol
+    // error on the server.
+    if conn
         .send(ws::Message::Close(Some(ws::CloseCode::Normal.into())))
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(frame)) = conn.next().await {
+                if matches!(frame, ws::Frame::Close(_)) {
+                    break;
+                }
+            }
+        })
         .await;
+    }
     report.result_fps = report.results as f64 / args.duration;
     Ok(report)
 }
