@@ -178,16 +178,13 @@ fn job(seq: u32, jpeg: &Bytes) -> FrameJob {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+/// The one percentile definition (`holistream::stats`), on a copy.
+fn pct(samples: &[f64], q: f64) -> f64 {
+    holistream::stats::percentile(&mut samples.to_vec(), q)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    pct(&v, 0.5)
+    holistream::stats::median(&mut v)
 }
 
 /// One frame through `pool`: (what the submitter waited, what the pool added

@@ -55,6 +55,16 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    // `HOLISTREAM_ISA` is read here, at the edge: a value this CPU cannot
+    // honour is a configuration error before anything runs, not a panic in
+    // the first forward pass.
+    match holistream_nets::Isa::selected() {
+        Ok(isa) => tracing::debug!(isa = isa.name(), "fused kernels' instruction set"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let outcome = match cli.command {
         Command::Serve(args) => holistream::http::serve(&args),
         Command::Loadgen(args) => holistream::loadgen::main(args),

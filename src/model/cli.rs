@@ -154,6 +154,26 @@ pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
     let report = parity::check_dir(&holistic, &args.dir, thresholds)?;
     println!("{report}");
     let mut failed = !report.passed();
+    // The fused kernels against the generated burn code on the same photos:
+    // the only check of hands in still images (the in-repo photos show none).
+    let images = args.dir.join("images");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&images)
+        .with_context(|| format!("listing {}", images.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    let photos = paths
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            load_image(p).map(|image| (name, image))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let backends = parity::check_fused_against_burn(&photos, Mode::Static)?;
+    println!("{backends}");
+    failed |= !backends.failures().is_empty();
     if let (Some(video), Some(golden)) = (&args.video, &args.golden_video) {
         let clip = parity::check_clip(
             &holistic,

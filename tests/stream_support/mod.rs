@@ -135,7 +135,10 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
 pub async fn set_faults(server: &TestServer, plan: &str) {
     let resp = http_client()
         .post(server.url("/admin/faults"))
-        .insert_header(("Authorization", format!("Bearer {}", crate::common::ADMIN_TOKEN)))
+        .insert_header((
+            "Authorization",
+            format!("Bearer {}", crate::common::ADMIN_TOKEN),
+        ))
         .send_json(&serde_json::json!({ "faults": plan }))
         .await
         .expect("POST /admin/faults");
