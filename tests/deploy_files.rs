@@ -114,8 +114,15 @@ fn variables_read() -> BTreeSet<String> {
     read.insert("RAYON_NUM_THREADS".into());
     read.insert(holistream::model::Backend::ENV.to_string());
     read.insert(holistream::model::pipeline::PARALLEL_BRANCHES_ENV.to_string());
+    // Read by `main` through the kernels (`Isa::selected`); that it is read
+    // is checked by `the_binary_reads_holistream_isa` below.
+    read.insert("HOLISTREAM_ISA".into());
     read
 }
+
+/// Variables only the test suite reads (README documents them for CI); the
+/// binary ignores them, so the deploy files must not set them.
+const TEST_ONLY: [&str; 1] = ["HOLISTREAM_EXPECT_ISA"];
 
 #[test]
 fn every_variable_the_deploy_files_set_is_read_and_documented() {
@@ -192,7 +199,9 @@ fn every_variable_the_deploy_files_set_is_read_and_documented() {
     for text in [&docs, &readme, &compose] {
         for name in names_with_prefix(text, "HOLISTREAM_") {
             assert!(
-                read.contains(&name) || interpolated.contains(&name),
+                read.contains(&name)
+                    || interpolated.contains(&name)
+                    || (text == &readme && TEST_ONLY.contains(&name.as_str())),
                 "{name} is named in the deploy docs but read by nothing"
             );
         }
@@ -477,4 +486,18 @@ fn compose_mounts_what_the_nginx_site_script_reads() {
     );
     assert!(compose.contains("HOLISTREAM_TRUSTED_PROXIES: ${HOLISTREAM_SUBNET:-"));
     assert!(compose.contains("- subnet: ${HOLISTREAM_SUBNET:-"));
+}
+
+/// A value of `HOLISTREAM_ISA` the CPU cannot honour stops the binary before
+/// it does anything, with exit code 2 and a line naming the variable.
+#[test]
+fn the_binary_reads_holistream_isa() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_holistream"))
+        .args(["infer", "/nonexistent.jpg"])
+        .env("HOLISTREAM_ISA", "avx9000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HOLISTREAM_ISA"), "{stderr}");
 }
