@@ -30,10 +30,11 @@
 //! (`Proc`'s drop); their logs are printed when a test fails.
 
 mod common;
+mod process_support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,12 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use common::{RedisServer, free_port, test_jpeg};
+use process_support::{
+    Proc, hermetic_command, spawn_serve, spawn_worker, wait_for, wait_healthy, worker_ready,
+};
 
 const PASSWORD: &str = "failure-paths-test-code";
 /// Model loading in a dev-profile process, with other processes busy.
-const WORKER_START: Duration = Duration::from_secs(180);
 const SERVER_START: Duration = Duration::from_secs(120);
 /// A steady client's frame period (15 fps: a camera, not a wait).
 const CAMERA: Duration = Duration::from_millis(66);
@@ -60,131 +63,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 // Processes
 // ---------------------------------------------------------------------------
 
-/// A child process of the binary under test, SIGKILLed on drop if still
-/// running. Its output goes to a log file, printed when a test fails.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-const SIGTERM: i32 = 15;
-
-impl Proc {
-    /// Starts `holistream <args>` with only the `HOLISTREAM_*` / `REDIS_URL`
-    /// variables given in `env` (none inherited from the test's environment).
-    fn spawn(name: &str, args: &[&str], env: &[(&str, String)], dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("creating a log file");
-        let err = out.try_clone().expect("cloning the log file");
-        let mut cmd = hermetic_command();
-        cmd.args(args)
-            .env("RUST_LOG", "info,holistream=debug")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL: no chance to answer, acknowledge or close anything.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn sigterm(&self) {
-        // SAFETY: plain kill(2) on our own child's pid, not yet reaped (the
-        // caller checked it has not exited).
-        unsafe { libc_kill(self.child.id() as i32, SIGTERM) };
-    }
-
-    /// Waits (polling, without blocking the runtime) at most `bound` for the
-    /// process to exit; its status, or `None` if it still runs.
-    async fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            self.kill();
-        }
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(6000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!("---- log of {} (last 6000 chars) ----\n{tail}", self.name);
-        }
-    }
-}
-
-/// `holistream` with no configuration inherited from the test's environment.
-fn hermetic_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holistream"));
-    for (k, _) in std::env::vars_os() {
-        if let Some(k) = k.to_str()
-            && (k.starts_with("HOLISTREAM_") || k == "REDIS_URL")
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-/// Polls `cond` every 20 ms until true; panics with `what` after `timeout`.
-/// Never blocks the runtime: the streaming clients run on the same thread
-/// (`actix_web::test` is single-threaded) and must go on sending, reading and
-/// answering pings while the test waits. Returns how long it took.
-async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 /// A `holistream serve` process on a free loopback port.
 struct Server {
     proc: Proc,
@@ -195,31 +73,10 @@ struct Server {
 /// test's entry code and waits until `/healthz` answers.
 async fn start_serve(name: &str, args: &[&str], env: &[(&str, String)], dir: &Path) -> Server {
     let port = free_port();
-    let port_s = port.to_string();
-    let mut all_args = vec!["serve"];
-    all_args.extend_from_slice(args);
-    all_args.extend_from_slice(&["--host", "127.0.0.1", "--port", &port_s]);
-    let mut all_env = vec![
-        ("HOLISTREAM_PASSWORD", PASSWORD.to_string()),
-        (
-            "HOLISTREAM_WEB_DIR",
-            env!("CARGO_MANIFEST_DIR").to_string() + "/web",
-        ),
-    ];
+    let mut all_env = vec![("HOLISTREAM_PASSWORD", PASSWORD.to_string())];
     all_env.extend(env.iter().cloned());
-    let mut proc = Proc::spawn(name, &all_args, &all_env, dir);
-    let check = holistream::healthcheck::HealthcheckArgs {
-        port,
-        host: "127.0.0.1".into(),
-        timeout_ms: 500,
-    };
-    wait_for(SERVER_START, &format!("{name} healthy"), || {
-        if let Some(status) = proc.exited() {
-            panic!("{name} exited at start ({status}):\n{}", proc.log_text());
-        }
-        holistream::healthcheck::check(&check).is_ok()
-    })
-    .await;
+    let mut proc = spawn_serve(name, port, args, &all_env, dir);
+    wait_healthy(&mut proc, port, SERVER_START).await;
     Server {
         proc,
         base: format!("http://127.0.0.1:{port}"),
@@ -240,47 +97,11 @@ async fn start_gateway(redis: &RedisServer, name: &str, dir: &Path) -> Server {
     .await
 }
 
-/// `holistream worker --name <name> --workers 1`, its forward passes on one
-/// core; short lease and read block, so a restart or a takeover is quick.
-fn spawn_worker(redis: &RedisServer, name: &str, dir: &Path) -> Proc {
-    Proc::spawn(
-        name,
-        &[
-            "worker",
-            "--name",
-            name,
-            "--workers",
-            "1",
-            "--claim-idle-ms",
-            "500",
-            "--block-ms",
-            "200",
-        ],
-        &[
-            ("REDIS_URL", redis.url()),
-            ("RAYON_NUM_THREADS", "1".into()),
-        ],
-        dir,
-    )
-}
-
 fn redis_con(redis: &RedisServer) -> redis::Connection {
     redis::Client::open(redis.url())
         .unwrap()
         .get_connection_with_timeout(Duration::from_secs(2))
         .expect("connecting to the test redis")
-}
-
-/// Names of the consumers of the workers' group (none while the stream or
-/// the group does not exist).
-fn consumers(redis: &RedisServer) -> Vec<String> {
-    let info: redis::RedisResult<redis::streams::StreamInfoConsumersReply> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(JOBS_STREAM)
-        .arg(WORKERS_GROUP)
-        .query(&mut redis_con(redis));
-    info.map(|i| i.consumers.into_iter().map(|c| c.name).collect())
-        .unwrap_or_default()
 }
 
 /// Whether the workers' consumer group exists on the jobs stream.
@@ -290,24 +111,6 @@ fn group_exists(redis: &RedisServer) -> bool {
         .arg(JOBS_STREAM)
         .query(&mut redis_con(redis));
     info.is_ok_and(|i| i.groups.iter().any(|g| g.name == WORKERS_GROUP))
-}
-
-/// Waits until the worker's thread reads the jobs stream (its consumer is
-/// in the group), i.e. its model is loaded.
-async fn worker_ready(redis: &RedisServer, p: &mut Proc) {
-    let consumer = format!("{}-0", p.name);
-    let what = format!("worker {} reading the jobs stream", p.name);
-    wait_for(WORKER_START, &what, || {
-        if let Some(status) = p.exited() {
-            panic!(
-                "worker {} exited at start ({status}):\n{}",
-                p.name,
-                p.log_text()
-            );
-        }
-        consumers(redis).contains(&consumer)
-    })
-    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -607,9 +410,9 @@ async fn redis_outage_frames_unavailable_then_streaming_resumes() {
     let mut redis = RedisServer::spawn();
     let jpeg = Bytes::from(test_jpeg());
 
-    let mut worker = spawn_worker(&redis, "ro-w1", dir.path());
+    let mut worker = spawn_worker(&redis.url(), "ro-w1", dir.path());
     let gw = start_gateway(&redis, "ro-gw1", dir.path()).await;
-    worker_ready(&redis, &mut worker).await;
+    worker_ready(&mut worker, &redis.url()).await;
 
     let cookie = login(&gw.base).await;
     let client = StreamingClient::open(&gw.base, &cookie, jpeg.clone())
@@ -1008,10 +811,10 @@ async fn a_killed_gateway_s_client_streams_on_the_other_with_the_same_cookie() {
     let redis = RedisServer::spawn();
     let jpeg = Bytes::from(test_jpeg());
 
-    let mut worker = spawn_worker(&redis, "gk-w1", dir.path());
+    let mut worker = spawn_worker(&redis.url(), "gk-w1", dir.path());
     let mut a = start_gateway(&redis, "gk-a", dir.path()).await;
     let b = start_gateway(&redis, "gk-b", dir.path()).await;
-    worker_ready(&redis, &mut worker).await;
+    worker_ready(&mut worker, &redis.url()).await;
 
     let cookie = login(&a.base).await;
     let on_a = StreamingClient::open(&a.base, &cookie, jpeg.clone())

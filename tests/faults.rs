@@ -8,7 +8,9 @@ mod stream_support;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, login, test_config};
+use bytes::Bytes;
+use common::{TestServer, WsConn, login, test_config};
+use holistream::config::Config;
 use stream_support::*;
 
 const PASSWORD: &str = "faults-test-code";
@@ -17,11 +19,26 @@ const PASSWORD: &str = "faults-test-code";
 /// stall tests measure a deadline, which a loaded machine would blur.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn config() -> holistream::config::Config {
+fn config() -> Config {
     let mut c = test_config(PASSWORD);
     c.session.max_fps = 60;
     c.session.default_fps = 60;
     c
+}
+
+/// A server with one worker whose passes all stall for `secs` (the stall
+/// deadline too), the rest of its configuration `c`; a session on it and the
+/// frame to send.
+async fn one_stalling_worker(mut c: Config, secs: u64) -> (TestServer, WsConn, Bytes) {
+    c.pool.workers = 1;
+    c.pool.stall_deadline_ms = secs * 1000;
+    c.pool.job_ttl_ms = 30_000;
+    let server = TestServer::start(c).await;
+    let cookie = login(&server, PASSWORD).await;
+    let conn = open_session(&server, &cookie).await;
+    let jpeg = jpeg_640x480("obama.jpg");
+    set_faults(&server, &format!("stall=1.0:{secs}s")).await;
+    (server, conn, jpeg)
 }
 
 /// With `panic=0.1`, 8 clients streaming: every client keeps getting
@@ -104,20 +121,11 @@ async fn panicking_workers_are_replaced_and_every_client_keeps_streaming() {
 #[actix_web::test]
 async fn a_stalled_worker_is_replaced_within_its_deadline() {
     let _serial = SERIAL.lock().await;
-    let mut c = config();
-    c.pool.workers = 1;
     // Room for a fresh worker's first frame (model load + a debug-profile
     // forward pass) on a busy 2-core machine. The injected stall may not be
     // longer (the abandoned thread must end soon after); the pass after it
     // is what crosses the deadline.
-    c.pool.stall_deadline_ms = 4_000;
-    c.pool.job_ttl_ms = 30_000;
-    let server = TestServer::start(c).await;
-    let cookie = login(&server, PASSWORD).await;
-    let mut conn = open_session(&server, &cookie).await;
-    let jpeg = jpeg_640x480("obama.jpg");
-
-    set_faults(&server, "stall=1.0:4s").await;
+    let (server, mut conn, jpeg) = one_stalling_worker(config(), 4).await;
     let sent = Instant::now();
     send(&mut conn, frame(1, 0.0, &jpeg)).await;
     let e = next_answer(&mut conn, Duration::from_secs(25)).await;
@@ -159,16 +167,8 @@ async fn a_stalled_worker_is_replaced_within_its_deadline() {
 async fn past_the_abandoned_thread_cap_the_pool_is_not_ready_instead_of_growing() {
     let _serial = SERIAL.lock().await;
     let mut c = config();
-    c.pool.workers = 1;
-    c.pool.stall_deadline_ms = 3_000;
-    c.pool.job_ttl_ms = 30_000;
     c.pool.max_abandoned_threads = 0;
-    let server = TestServer::start(c).await;
-    let cookie = login(&server, PASSWORD).await;
-    let mut conn = open_session(&server, &cookie).await;
-    let jpeg = jpeg_640x480("obama.jpg");
-
-    set_faults(&server, "stall=1.0:3s").await;
+    let (server, mut conn, jpeg) = one_stalling_worker(c, 3).await;
     send(&mut conn, frame(1, 0.0, &jpeg)).await;
     let e = next_answer(&mut conn, Duration::from_secs(25)).await;
     assert_eq!(

@@ -33,11 +33,11 @@
 
 mod browser_support;
 mod common;
+mod process_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use browser_support::{
@@ -45,13 +45,12 @@ use browser_support::{
 };
 use common::free_port;
 use fantoccini::Client;
+use process_support::{Proc, spawn_serve, spawn_worker, wait_for, wait_healthy, worker_ready};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "nginx-entry-code-51c2";
 const REDIS_PASSWORD: &str = "redis-secret-0b7e41";
-/// Model loading in a debug-profile worker, with other processes busy.
-const WORKER_START: Duration = Duration::from_secs(180);
 const GATEWAY_START: Duration = Duration::from_secs(60);
 const NGINX_START: Duration = Duration::from_secs(20);
 /// Generous: the first results wait for the browser's camera and the workers.
@@ -61,124 +60,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FAILURES: usize = 5;
 
 // ------------------------------------------------------------ processes
-
-/// A child process; SIGKILLed on drop if still running (its whole process
-/// group for nginx, whose workers outlive a killed master). Its output goes
-/// to a log file, printed when the test fails.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    /// Spawned as the leader of its own process group: killed as a group.
-    group: bool,
-    killed: bool,
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-const SIGKILL: i32 = 9;
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, group: bool, dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("creating a log file");
-        let err = out.try_clone().expect("cloning the log file");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        if group {
-            cmd.process_group(0);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-            group,
-            killed: false,
-        }
-    }
-
-    /// `holistream <args>` (the binary under test) with `env`.
-    fn holistream(name: &str, args: &[&str], env: &[(&str, String)], dir: &Path) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_holistream"));
-        cmd.args(args)
-            .env("RUST_LOG", "info,holistream=debug")
-            .env_remove("HOLISTREAM_CONFIG");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Proc::spawn(name, cmd, false, dir)
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Panics with the log if the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.exited() {
-            panic!(
-                "{} exited ({status}):\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-
-    /// SIGKILL: the process (group) gets no chance to close anything.
-    fn kill(&mut self) {
-        if self.killed {
-            return;
-        }
-        if self.group {
-            // SAFETY: kill(2) on the process group our own child leads (not
-            // yet reaped, so the group id is still ours).
-            unsafe { libc_kill(-(self.child.id() as i32), SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.killed = true;
-    }
-
-    /// Prints the end of its log (on failure).
-    fn print_log(&self) {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: String = text
-            .chars()
-            .rev()
-            .take(3000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        eprintln!("---- log of {} (last 3000 chars) ----\n{tail}", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            self.print_log();
-        }
-    }
-}
-
-/// Polls `cond` every 20 ms until true; panics with `what` after `timeout`.
-/// Async: the browser session's driver runs on the same thread.
-async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A `redis-server` with a password and protected mode, as compose runs it.
 struct Redis {
@@ -215,46 +96,6 @@ async fn start_redis(dir: &Path) -> Redis {
     Redis { proc, url }
 }
 
-/// Names of the consumers of the workers' group on the jobs stream.
-fn consumers(redis: &Redis) -> Vec<String> {
-    let Ok(mut con) = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(2))
-    else {
-        return Vec::new();
-    };
-    redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(holistream::actors::remote::JOBS_STREAM)
-        .arg("workers")
-        .query::<redis::streams::StreamInfoConsumersReply>(&mut con)
-        .map(|r| r.consumers.into_iter().map(|c| c.name).collect())
-        .unwrap_or_default()
-}
-
-/// `holistream worker --workers 1`, its forward passes on one core.
-fn spawn_worker(redis: &Redis, name: &str, dir: &Path) -> Proc {
-    Proc::holistream(
-        name,
-        &[
-            "worker",
-            "--name",
-            name,
-            "--workers",
-            "1",
-            "--claim-idle-ms",
-            "500",
-            "--block-ms",
-            "200",
-        ],
-        &[
-            ("REDIS_URL", redis.url.clone()),
-            ("RAYON_NUM_THREADS", "1".into()),
-        ],
-        dir,
-    )
-}
-
 /// A gateway: `holistream serve --pool redis` on loopback, trusting the
 /// forwarding headers of the proxy on 127.0.0.1 only (compose trusts its
 /// network, where only nginx sends HTTP).
@@ -270,40 +111,20 @@ async fn start_gateway(
     secure_cookie: bool,
     dir: &Path,
 ) -> Gateway {
-    let mut proc = Proc::holistream(
+    let mut proc = spawn_serve(
         name,
-        &[
-            "serve",
-            "--pool",
-            "redis",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ],
+        port,
+        &["--pool", "redis"],
         &[
             ("REDIS_URL", redis.url.clone()),
             ("HOLISTREAM_PASSWORD", PASSWORD.into()),
             ("HOLISTREAM_GATEWAY_ID", name.into()),
-            (
-                "HOLISTREAM_WEB_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/web").into(),
-            ),
             ("HOLISTREAM_TRUSTED_PROXIES", "127.0.0.1/32".into()),
             ("HOLISTREAM_SECURE_COOKIE", secure_cookie.to_string()),
         ],
         dir,
     );
-    let check = holistream::healthcheck::HealthcheckArgs {
-        port,
-        host: "127.0.0.1".into(),
-        timeout_ms: 500,
-    };
-    wait_for(GATEWAY_START, &format!("gateway {name} healthy"), || {
-        proc.assert_running();
-        holistream::healthcheck::check(&check).is_ok()
-    })
-    .await;
+    wait_healthy(&mut proc, port, GATEWAY_START).await;
     Gateway { proc, port }
 }
 
@@ -650,8 +471,8 @@ async fn the_shipped_nginx_serves_the_demo_plain_and_over_tls() {
     let redis = start_redis(dir.path()).await;
     // The workers load their models meanwhile.
     let workers = vec![
-        spawn_worker(&redis, "w1", dir.path()),
-        spawn_worker(&redis, "w2", dir.path()),
+        spawn_worker(&redis.url, "w1", dir.path()),
+        spawn_worker(&redis.url, "w2", dir.path()),
     ];
     let g1 = start_gateway(&redis, "gateway1", free_port(), false, dir.path()).await;
     let g2 = start_gateway(&redis, "gateway2", free_port(), false, dir.path()).await;
@@ -663,15 +484,8 @@ async fn the_shipped_nginx_serves_the_demo_plain_and_over_tls() {
         nginx: Some(nginx),
         dir,
     };
-    for w in 0..2 {
-        let name = format!("w{}-0", w + 1);
-        let proc = &mut d.workers[w];
-        let redis = &d.redis;
-        wait_for(WORKER_START, &format!("worker {name} ready"), || {
-            proc.assert_running();
-            consumers(redis).contains(&name)
-        })
-        .await;
+    for worker in &mut d.workers {
+        worker_ready(worker, &d.redis.url).await;
     }
     // The browser last, once nothing else can fail at start: from here on a
     // failure closes it before the processes go.

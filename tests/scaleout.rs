@@ -16,9 +16,9 @@
 //! fixed camera rate (15 fps), which is the load, not a wait.
 
 mod common;
+mod process_support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,128 +32,14 @@ use holistream::model::{Mode, Parts, TrackingState};
 use parking_lot::Mutex;
 
 use common::{RedisServer, free_port, test_jpeg};
+use process_support::{Proc, spawn_serve, spawn_worker, wait_for, wait_healthy, worker_ready};
 
 const PASSWORD: &str = "scale-out-test-code";
-/// Model loading in a debug-profile worker, with other processes busy.
-const WORKER_START: Duration = Duration::from_secs(180);
 const GATEWAY_START: Duration = Duration::from_secs(60);
-/// The workers' `--claim-idle-ms` (they renew held jobs every quarter).
-const CLAIM_IDLE_MS: &str = "500";
 
 /// The tests of this file run one at a time: each starts several processes
 /// that load models, and the machine may have two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A child process of the binary under test; SIGKILLed on drop if still
-/// running. Its output goes to a log file, printed when a test fails.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[&str], env: &[(&str, String)], dir: &tempfile::TempDir) -> Proc {
-        let log = dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("creating a log file");
-        let err = out.try_clone().expect("cloning the log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_holistream"));
-        cmd.args(args)
-            .env("RUST_LOG", "info,holistream=debug")
-            .env_remove("HOLISTREAM_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL: the process gets no chance to answer or acknowledge anything.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit. Async, so that the
-    /// clients on the test's runtime keep sending and reading meanwhile.
-    async fn terminate(&mut self, bound: Duration) -> std::process::ExitStatus {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc_kill(self.pid(), 15) };
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within {bound:?} of SIGTERM",
-                self.name
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            self.kill();
-        }
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(4000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!("---- log of {} (last 4000 chars) ----\n{tail}", self.name);
-        }
-    }
-}
-
-/// Polls `cond` every 20 ms until true; panics with `what` after `timeout`.
-/// Never blocks the runtime: the streaming clients run on the same thread
-/// (`actix_web::test` is single-threaded) and must go on sending, reading
-/// and answering pings while the test waits.
-async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn redis_con(redis: &RedisServer) -> redis::Connection {
     redis::Client::open(redis.url())
@@ -194,52 +80,6 @@ fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
         .map_or(0, |c| c.pending)
 }
 
-/// Starts `holistream worker --name <name> --workers 1`, its forward passes
-/// on one core (`RAYON_NUM_THREADS=1`: the machine may have two, shared with
-/// the other processes of the test). See [`worker_ready`].
-fn spawn_worker(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Proc {
-    Proc::spawn(
-        name,
-        &[
-            "worker",
-            "--name",
-            name,
-            "--workers",
-            "1",
-            // Short, so the takeover after a kill is quick; slow forward
-            // passes of a loaded machine reach it, and then only the lease
-            // keeps a live worker's job from being taken over.
-            "--claim-idle-ms",
-            CLAIM_IDLE_MS,
-            "--block-ms",
-            "200",
-        ],
-        &[
-            ("REDIS_URL", redis.url()),
-            ("RAYON_NUM_THREADS", "1".into()),
-        ],
-        dir,
-    )
-}
-
-/// Waits until the worker's thread reads the jobs stream (its consumer
-/// appears in the group), i.e. its model is loaded.
-async fn worker_ready(redis: &RedisServer, p: &mut Proc) {
-    let consumer = format!("{}-0", p.name);
-    let what = format!("worker {} reading the jobs stream", p.name);
-    wait_for(WORKER_START, &what, || {
-        if let Some(status) = p.exited() {
-            panic!(
-                "worker {} exited at start ({status}):\n{}",
-                p.name,
-                p.log_text()
-            );
-        }
-        consumers(redis).contains(&consumer)
-    })
-    .await;
-}
-
 /// A gateway: `holistream serve --pool redis` on a free loopback port.
 struct Gateway {
     /// Kept for its drop (SIGKILL, the log printed on failure).
@@ -247,45 +87,20 @@ struct Gateway {
     base: String,
 }
 
-async fn start_gateway(redis: &RedisServer, name: &str, dir: &tempfile::TempDir) -> Gateway {
+async fn start_gateway(redis: &RedisServer, name: &str, dir: &Path) -> Gateway {
     let port = free_port();
-    let mut proc = Proc::spawn(
+    let mut proc = spawn_serve(
         name,
-        &[
-            "serve",
-            "--pool",
-            "redis",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ],
+        port,
+        &["--pool", "redis"],
         &[
             ("REDIS_URL", redis.url()),
             ("HOLISTREAM_PASSWORD", PASSWORD.into()),
             ("HOLISTREAM_GATEWAY_ID", name.into()),
-            (
-                "HOLISTREAM_WEB_DIR",
-                env!("CARGO_MANIFEST_DIR").to_string() + "/web",
-            ),
         ],
         dir,
     );
-    let check = holistream::healthcheck::HealthcheckArgs {
-        port,
-        host: "127.0.0.1".into(),
-        timeout_ms: 500,
-    };
-    wait_for(GATEWAY_START, &format!("gateway {name} healthy"), || {
-        if let Some(status) = proc.exited() {
-            panic!(
-                "gateway {name} exited at start ({status}):\n{}",
-                proc.log_text()
-            );
-        }
-        holistream::healthcheck::check(&check).is_ok()
-    })
-    .await;
+    wait_healthy(&mut proc, port, GATEWAY_START).await;
     Gateway {
         _proc: proc,
         base: format!("http://127.0.0.1:{port}"),
@@ -431,12 +246,12 @@ async fn gateways_and_workers_join_fail_and_come_back() {
 
     // The workers load their models while the gateways start (they need no
     // worker to start: jobs wait for one).
-    let mut w1 = spawn_worker(&redis, "w1", &dir);
-    let mut w2 = spawn_worker(&redis, "w2", &dir);
-    let g1 = start_gateway(&redis, "gw1", &dir).await;
-    let g2 = start_gateway(&redis, "gw2", &dir).await;
-    worker_ready(&redis, &mut w1).await;
-    worker_ready(&redis, &mut w2).await;
+    let mut w1 = spawn_worker(&redis.url(), "w1", dir.path());
+    let mut w2 = spawn_worker(&redis.url(), "w2", dir.path());
+    let g1 = start_gateway(&redis, "gw1", dir.path()).await;
+    let g2 = start_gateway(&redis, "gw2", dir.path()).await;
+    worker_ready(&mut w1, &redis.url()).await;
+    worker_ready(&mut w2, &redis.url()).await;
 
     // Clients on both gateways get results, with landmarks from the real model.
     let c1 = StreamingClient::start(&g1.base, jpeg.clone()).await;
@@ -536,8 +351,8 @@ async fn gateways_and_workers_join_fail_and_come_back() {
     assert!(!consumers(&redis).contains(&"w2-0".to_string()));
 
     // A new worker brings results back on both gateways.
-    let mut w3 = spawn_worker(&redis, "w3", &dir);
-    worker_ready(&redis, &mut w3).await;
+    let mut w3 = spawn_worker(&redis.url(), "w3", dir.path());
+    worker_ready(&mut w3, &redis.url()).await;
     let resumed = Instant::now();
     wait_for(
         Duration::from_secs(60),
@@ -574,8 +389,8 @@ async fn a_burst_is_trimmed_not_queued() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::spawn();
     let jpeg = Bytes::from(test_jpeg());
-    let mut worker = spawn_worker(&redis, "wb", &dir);
-    worker_ready(&redis, &mut worker).await;
+    let mut worker = spawn_worker(&redis.url(), "wb", dir.path());
+    worker_ready(&mut worker, &redis.url()).await;
 
     const BACKLOG: usize = 4;
     const BURST: u32 = 40;

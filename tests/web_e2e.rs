@@ -12,88 +12,27 @@
 //! `CHROMIUM` / `CHROMEDRIVER` override the paths) and `redis-server`. The
 //! screenshot lands in `$HOLISTREAM_ARTIFACTS` or `target/artifacts/`.
 
+mod browser_support;
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 
+use browser_support::{
+    CLIP_PHOTOS, CLIP_SIZE, ChromeDriver, FRAMES_PER_PHOTO, PAGE_STATE, PAGE_TIMEOUT,
+    artifacts_dir, build_clip, landmark_counts_ok, letterbox, login_through_page, poll_js, results,
+    submit_code, wait_for_path,
+};
 use common::{RedisServer, TestServer};
-use fantoccini::{Client, ClientBuilder, Locator};
-use image::{RgbImage, imageops};
-use serde_json::{Value, json};
+use fantoccini::{Client, Locator};
+use image::RgbImage;
+use serde_json::json;
 
 const PASSWORD: &str = "e2e-entry-code-7f3a";
-const CLIP_SIZE: (u32, u32) = (640, 480);
-/// Frames each photo stays on the fake camera (30 fps: one second each).
-const FRAMES_PER_PHOTO: usize = 30;
-/// The public-domain photos of the clip, each showing one person (pose and face).
-const CLIP_PHOTOS: [&str; 3] = ["astronaut.png", "obama.jpg", "grace_hopper.jpg"];
 /// Generous: the first results wait for the model workers and the browser's camera.
 const FIRST_RESULT_TIMEOUT: Duration = Duration::from_secs(120);
-const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------ the clip
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// Scales `photo` to fit 640x480 and centres it on black, as a webcam frame.
-fn letterbox(photo: &RgbImage) -> RgbImage {
-    let (w, h) = CLIP_SIZE;
-    let scale = f64::min(
-        w as f64 / photo.width() as f64,
-        h as f64 / photo.height() as f64,
-    );
-    let sw = ((photo.width() as f64 * scale).round() as u32).clamp(1, w);
-    let sh = ((photo.height() as f64 * scale).round() as u32).clamp(1, h);
-    let scaled = imageops::resize(photo, sw, sh, imageops::FilterType::Triangle);
-    let mut frame = RgbImage::new(w, h);
-    imageops::replace(
-        &mut frame,
-        &scaled,
-        ((w - sw) / 2) as i64,
-        ((h - sh) / 2) as i64,
-    );
-    frame
-}
-
-/// One baseline JPEG with 4:2:0 chroma subsampling.
-fn encode_420(frame: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
-    // Set explicitly: the encoder picks 4:4:4 by itself at quality >= 90.
-    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-    encoder
-        .encode(
-            frame.as_raw(),
-            frame.width() as u16,
-            frame.height() as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .expect("encoding a clip frame");
-    out
-}
-
-/// Builds the fake camera's MJPEG clip (JPEG frames back to back) in `dir`.
-fn build_clip(dir: &Path) -> PathBuf {
-    let mut clip = Vec::new();
-    for name in CLIP_PHOTOS {
-        let path = fixtures().join(name);
-        let photo = image::open(&path)
-            .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
-            .to_rgb8();
-        let jpeg = encode_420(&letterbox(&photo));
-        for _ in 0..FRAMES_PER_PHOTO {
-            clip.extend_from_slice(&jpeg);
-        }
-    }
-    let path = dir.join("fake_camera.mjpeg");
-    std::fs::write(&path, &clip).expect("writing the clip");
-    path
-}
 
 /// What the start-of-frame segment of one JPEG says.
 #[derive(Debug, PartialEq)]
@@ -201,136 +140,6 @@ fn letterbox_keeps_the_aspect_ratio_on_black() {
 
 // ------------------------------------------------------------ the browser
 
-fn tool(env: &str, default: &str) -> String {
-    let path = std::env::var(env).unwrap_or_else(|_| default.to_string());
-    assert!(
-        Path::new(&path).exists(),
-        "{path} not found: install Debian's chromium and chromium-driver (or set {env})"
-    );
-    path
-}
-
-/// A `chromedriver` child on a free port; killed on drop.
-struct ChromeDriver {
-    port: u16,
-    child: Child,
-}
-
-impl ChromeDriver {
-    fn spawn() -> ChromeDriver {
-        let bin = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
-        let port = common::free_port();
-        let child = Command::new(&bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let mut driver = ChromeDriver { port, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                panic!("chromedriver exited at start: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        driver
-    }
-
-    async fn browser(&self, fake_camera: &Path) -> Client {
-        let chromium = tool("CHROMIUM", "/usr/bin/chromium");
-        let mut caps = serde_json::Map::new();
-        caps.insert("browserName".into(), json!("chrome"));
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--window-size=1280,1000",
-                    "--use-fake-ui-for-media-stream",
-                    "--use-fake-device-for-media-stream",
-                    format!("--use-file-for-fake-video-capture={}", fake_camera.display()),
-                ],
-            }),
-        );
-        ClientBuilder::native()
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .expect("starting a Chromium session over WebDriver")
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Evaluates `script` (which must `return` a value) until `done` accepts the
-/// value; returns it, or panics with `what` and the last value seen.
-async fn poll_js(
-    client: &Client,
-    timeout: Duration,
-    what: &str,
-    script: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let value = client
-            .execute(script, vec![])
-            .await
-            .expect("running a script in the page");
-        if done(&value) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last: {value}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_for_path(client: &Client, path: &str) {
-    let deadline = Instant::now() + PAGE_TIMEOUT;
-    loop {
-        let url = client.current_url().await.expect("reading the URL");
-        if url.path() == path {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "page stayed at {url}, expected path {path}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The page's counters and the last result, as `window.holistream` exposes them.
-const PAGE_STATE: &str = r#"
-    const h = window.holistream;
-    if (!h) return null;
-    return {
-        connection: h.connection,
-        camera: h.camera,
-        stats: h.stats,
-        lastResult: h.lastResult,
-        connText: document.getElementById('conn-state').textContent,
-        errors: h.errors.map((e) => `[${e.source}] ${e.text}`),
-    };
-"#;
-
 /// Number of overlay pixels that are not fully transparent, and whether the
 /// overlay differs from a blank canvas of its size.
 const OVERLAY_PIXELS: &str = r#"
@@ -344,29 +153,6 @@ const OVERLAY_PIXELS: &str = r#"
     blank.height = height;
     return { drawn, width, height, differsFromBlank: overlay.toDataURL() !== blank.toDataURL() };
 "#;
-
-fn landmark_counts_ok(result: &Value) -> bool {
-    let counts = &result["counts"];
-    let hand_ok = |v: &Value| v == 0 || v == 21;
-    counts["pose"] == 33
-        && counts["face"] == 468
-        && hand_ok(&counts["left_hand"])
-        && hand_ok(&counts["right_hand"])
-}
-
-fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("HOLISTREAM_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-                .join("artifacts")
-        });
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
-}
 
 async fn text_of(client: &Client, css: &str) -> String {
     client
@@ -398,7 +184,7 @@ async fn web_demo_logs_in_streams_draws_and_survives_a_restart() {
     let mut server = start_server(None, &redis).await;
     let addr = server.addr;
     let driver = ChromeDriver::spawn();
-    let client = driver.browser(&clip).await;
+    let client = driver.browser(&clip, &[]).await;
 
     // Run the steps, then close the browser whatever happened, so a failed
     // step does not leave a Chromium behind.
@@ -458,20 +244,8 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
         .as_str()
         .expect("a 401 carries {\"error\": ...}")
         .to_string();
-    client
-        .find(Locator::Id("code"))
-        .await
-        .unwrap()
-        .send_keys("wrong-password")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let field = client.find(Locator::Id("code")).await.unwrap();
+    submit_code(client, &field, "wrong-password").await;
     let shown = poll_js(
         client,
         PAGE_TIMEOUT,
@@ -484,17 +258,7 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     assert_eq!(client.current_url().await.unwrap().path(), "/");
 
     // 3. The right password leads to the stream page, which starts streaming.
-    let code = client.find(Locator::Id("code")).await.unwrap();
-    code.clear().await.unwrap();
-    code.send_keys(PASSWORD).await.unwrap();
-    client
-        .find(Locator::Id("login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for_path(client, "/stream.html").await;
+    login_through_page(client, &server.url(""), PASSWORD).await;
 
     // 4. Results arrive with MediaPipe's landmark counts.
     let state = poll_js(
@@ -502,9 +266,7 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
         FIRST_RESULT_TIMEOUT,
         "results with 33 pose and 468 face landmarks",
         PAGE_STATE,
-        |s| {
-            s["stats"]["results"].as_u64().unwrap_or(0) >= 5 && landmark_counts_ok(&s["lastResult"])
-        },
+        |s| results(s) >= 5 && landmark_counts_ok(&s["lastResult"]),
     )
     .await;
     assert_eq!(state["camera"], "live", "{state}");
@@ -580,7 +342,7 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
         |s| {
             s["connection"] == "open"
                 && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
-                && s["stats"]["results"].as_u64().unwrap_or(0) >= results_before + 5
+                && results(s) >= results_before + 5
                 && landmark_counts_ok(&s["lastResult"])
         },
     )

@@ -1,8 +1,8 @@
 //! A real headless Chromium driven over WebDriver (`chromedriver` +
 //! fantoccini) with a fake camera that plays the project's public-domain
 //! photos, for the tests that run the web demo end to end through something
-//! (nginx, TLS). The same approach as `tests/web_e2e.rs`, whose own copy also
-//! tests the clip itself (4:2:0, 640x480).
+//! (nginx, TLS) or not (`tests/web_e2e.rs`, which also tests the clip itself:
+//! 4:2:0, 640x480).
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`;
 //! `CHROMIUM` / `CHROMEDRIVER` override the paths).
@@ -14,15 +14,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use image::{RgbImage, imageops};
 use serde_json::{Value, json};
 
-const CLIP_SIZE: (u32, u32) = (640, 480);
+/// The fake camera's frame size, a webcam's.
+pub const CLIP_SIZE: (u32, u32) = (640, 480);
 /// Frames each photo stays on the fake camera (30 fps: one second each).
-const FRAMES_PER_PHOTO: usize = 30;
+pub const FRAMES_PER_PHOTO: usize = 30;
 /// The public-domain photos of the clip, each showing one person (pose and face).
-const CLIP_PHOTOS: [&str; 3] = ["astronaut.png", "obama.jpg", "grace_hopper.jpg"];
+pub const CLIP_PHOTOS: [&str; 3] = ["astronaut.png", "obama.jpg", "grace_hopper.jpg"];
 /// Bound on a page load or a click's effect.
 pub const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -33,7 +35,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// Scales `photo` to fit 640x480 and centres it on black, as a webcam frame.
-fn letterbox(photo: &RgbImage) -> RgbImage {
+pub fn letterbox(photo: &RgbImage) -> RgbImage {
     let (w, h) = CLIP_SIZE;
     let scale = f64::min(
         w as f64 / photo.width() as f64,
@@ -240,6 +242,13 @@ pub async fn login_through_page(client: &Client, base: &str, code: &str) {
         |v| v == true,
     )
     .await;
+    submit_code(client, &field, code).await;
+    wait_for_path(client, "/stream.html").await;
+}
+
+/// Types `code` into the login form's `field` (cleared first) and submits
+/// the form.
+pub async fn submit_code(client: &Client, field: &Element, code: &str) {
     field.clear().await.unwrap();
     field.send_keys(code).await.unwrap();
     client
@@ -249,7 +258,6 @@ pub async fn login_through_page(client: &Client, base: &str, code: &str) {
         .click()
         .await
         .unwrap();
-    wait_for_path(client, "/stream.html").await;
 }
 
 /// The page's counters and the last result, as `window.holistream` exposes them.
