@@ -41,6 +41,16 @@ async fn one_stalling_worker(mut c: Config, secs: u64) -> (TestServer, WsConn, B
     (server, conn, jpeg)
 }
 
+/// The status of the server's `/readyz`.
+async fn readyz(server: &TestServer) -> awc::http::StatusCode {
+    common::http_client()
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// With `panic=0.1`, 8 clients streaming: every client keeps getting
 /// results, every frame is answered, and the restarts are counted.
 #[actix_web::test]
@@ -179,12 +189,7 @@ async fn past_the_abandoned_thread_cap_the_pool_is_not_ready_instead_of_growing(
     set_faults(&server, "none").await;
     // The replacement started while the abandoned thread was still in its
     // pass (it ends a forward pass after the deadline): it has no thread.
-    let status = common::http_client()
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = readyz(&server).await;
     assert_eq!(status, 503, "degraded pool must not report ready");
     let m = metrics_text(&server).await;
     assert_eq!(
@@ -210,11 +215,6 @@ async fn past_the_abandoned_thread_cap_the_pool_is_not_ready_instead_of_growing(
         (Some("result"), Some(2)),
         "{r}"
     );
-    let status = common::http_client()
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = readyz(&server).await;
     assert_eq!(status, 200);
 }
