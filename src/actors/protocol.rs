@@ -192,8 +192,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for exporters and tests that list them all.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadFrame,
+        ErrorCode::BadControl,
+        ErrorCode::WorkerFailed,
+        ErrorCode::Overloaded,
+        ErrorCode::Expired,
+        ErrorCode::Lost,
+        ErrorCode::Unsupported,
+        ErrorCode::Unavailable,
+    ];
+
     /// The label used in `ws_errors_total{code=…}`.
     pub fn as_str(self) -> &'static str {
+        // Exhaustive: a new code fails to compile here; add it to `ALL` too
+        // (`all_lists_every_code_once_with_its_wire_name` checks the list).
         match self {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::BadControl => "bad_control",
@@ -294,6 +308,20 @@ pub fn result_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_code_once_with_its_wire_name() {
+        let names: std::collections::BTreeSet<&str> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "a code listed twice");
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+
 
     #[test]
     fn header_round_trips() {
