@@ -322,7 +322,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn header_round_trips() {
         let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3];
