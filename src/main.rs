@@ -5,10 +5,14 @@
 //! (unreadable, malformed or invalid config: one line on stderr, so that an
 //! operator's supervisor tells "fix the config" from "it crashed"); 1 any
 //! other failure.
+//!
+//! Thin: no logic that a test would need; everything runs in
+//! `holistream::commands`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use holistream::commands;
 use holistream::config::ConfigError;
 use tracing_subscriber::EnvFilter;
 
@@ -31,17 +35,17 @@ enum Command {
     /// Serve the WebSocket API and the web demo.
     Serve(holistream::config::ServeArgs),
     /// Real WebSocket clients streaming JPEG frames; prints latency, fps, drops.
-    Loadgen(holistream::loadgen::LoadgenArgs),
+    Loadgen(commands::loadgen::LoadgenArgs),
     /// Run remote inference workers for `serve --pool redis` gateways.
-    Worker(holistream::worker::WorkerArgs),
+    Worker(holistream::config::WorkerArgs),
     /// Exit 0 if the local server answers `/healthz` (container HEALTHCHECK).
-    Healthcheck(holistream::healthcheck::HealthcheckArgs),
+    Healthcheck(commands::healthcheck::HealthcheckArgs),
     /// Print the Holistic landmarks of images as JSON (optionally drawn).
-    Infer(holistream::model::cli::InferArgs),
+    Infer(commands::infer::InferArgs),
     /// Compare with MediaPipe's golden outputs; exits non-zero on a missed threshold.
-    Parity(holistream::model::cli::ParityArgs),
+    Parity(commands::parity::ParityArgs),
     /// Time each net and whole frames, beside MediaPipe's numbers.
-    Bench(holistream::model::cli::BenchArgs),
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,15 +70,15 @@ fn main() -> ExitCode {
         }
     }
     let outcome = match cli.command {
-        Command::Serve(args) => holistream::http::serve(&args),
-        Command::Loadgen(args) => holistream::loadgen::main(args),
-        Command::Worker(args) => holistream::worker::run(&args).map_err(anyhow::Error::from),
+        Command::Serve(args) => commands::serve::serve(&args),
+        Command::Loadgen(args) => commands::loadgen::main(args),
+        Command::Worker(args) => commands::worker::run(&args).map_err(anyhow::Error::from),
         Command::Healthcheck(args) => {
-            holistream::healthcheck::check(&args).map_err(anyhow::Error::from)
+            commands::healthcheck::check(&args).map_err(anyhow::Error::from)
         }
-        Command::Infer(args) => holistream::model::cli::infer(&args),
-        Command::Parity(args) => holistream::model::cli::parity(&args),
-        Command::Bench(args) => holistream::model::cli::bench(&args),
+        Command::Infer(args) => commands::infer::infer(&args),
+        Command::Parity(args) => commands::parity::parity(&args),
+        Command::Bench(args) => commands::bench::bench(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! Summary statistics of measured samples: one definition of a percentile
 //! for the whole project, so that the bench, the load generator and the tests
 //! report and assert the same thing.
+//!
+//! Plumbing below every layer: imports nothing from the crate.
 
 /// The `q`-th quantile (`q` in `0..=1`) of `samples` by **nearest rank**: the
 /// `⌈q·n⌉`-th smallest of the `n` samples (the smallest for `q = 0`), that is

@@ -98,7 +98,18 @@ fn variables_read() -> BTreeSet<String> {
     }
     // Names in string literals of the configuration module: what it reads
     // from the environment besides the flags.
-    let config_rs = repo_file("src/config.rs");
+    let mut config_rs = String::new();
+    let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    for entry in std::fs::read_dir(&config_dir).expect("src/config/") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            config_rs.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    assert!(
+        config_rs.contains("HOLISTREAM_"),
+        "src/config/ was not read"
+    );
     for quoted in config_rs.split('"').skip(1).step_by(2) {
         if quoted.starts_with("HOLISTREAM_")
             && quoted
@@ -112,8 +123,8 @@ fn variables_read() -> BTreeSet<String> {
     read.insert(holistream::config::REDIS_URL_ENV.to_string());
     read.insert("RUST_LOG".into());
     read.insert("RAYON_NUM_THREADS".into());
-    read.insert(holistream::model::Backend::ENV.to_string());
-    read.insert(holistream::model::pipeline::PARALLEL_BRANCHES_ENV.to_string());
+    read.insert(holistream::config::model::NETS_ENV.to_string());
+    read.insert(holistream::config::model::PARALLEL_BRANCHES_ENV.to_string());
     // Read by `main` through the kernels (`Isa::selected`); that it is read
     // is checked by `the_binary_reads_holistream_isa` below.
     read.insert("HOLISTREAM_ISA".into());

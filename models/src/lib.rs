@@ -112,7 +112,9 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The environment variable [`Backend::from_env`] reads.
+    /// The environment variable that names a backend (read by the main
+    /// crate's `config`, `[model] nets`; this crate reads no environment
+    /// but the kernels' `HOLISTREAM_ISA`).
     pub const ENV: &'static str = "HOLISTREAM_NETS";
 
     /// The default: the fused kernels on a CPU build; burn when a GPU
@@ -122,18 +124,6 @@ impl Backend {
             Backend::Burn
         } else {
             Backend::Fused
-        }
-    }
-
-    /// `HOLISTREAM_NETS=fused|fused-portable|burn`, else
-    /// [`Backend::default_for_build`]; an
-    /// unknown value is an error, not a silent fallback.
-    pub fn from_env() -> Result<Backend, NetError> {
-        match std::env::var(Self::ENV) {
-            Ok(v) => v
-                .parse()
-                .map_err(|e| NetError::Backend(format!("{}: {e}", Self::ENV))),
-            Err(_) => Ok(Self::default_for_build()),
         }
     }
 

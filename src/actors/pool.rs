@@ -18,9 +18,8 @@
 //! knowing which one they talk to.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 use ractor::concurrency::JoinHandle;
@@ -31,136 +30,30 @@ use ractor::factory::{
 };
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
-use super::PoolConfig;
-use super::faults::FaultPlan;
-use super::protocol::{ErrorCode, FrameTimings};
-use super::remote::{PoolKind, RemotePool, RemotePoolError};
-use super::worker::{
-    InferenceWorker, InferenceWorkerBuilder, ModelThread, ThreadCensus, WorkerShared,
+use super::inference::{
+    InferenceShared, InferenceWorker, InferenceWorkerBuilder, ModelThread, ModelThreadError,
+    ThreadCensus,
 };
-use crate::http::Metrics;
-use crate::model::{Mode, Parts, TrackingState};
-
-/// One frame for the pool: the JPEG, what to compute, and the session's
-/// tracking state, which comes back in the [`FrameDone`].
-#[derive(Debug)]
-pub struct FrameJob {
-    /// The session (cookie uuid) the frame belongs to, for logs.
-    pub session: Uuid,
-    /// The connection id, unique per WebSocket (a session may have several).
-    pub conn: u64,
-    /// Client frame number.
-    pub seq: u32,
-    /// Client capture time in ms, echoed back.
-    pub capture_ts: f64,
-    /// When the frame arrived at the session; `total_ms` counts from here.
-    pub arrived: Instant,
-    /// The JPEG bytes (decoded by the worker, off the async threads).
-    pub jpeg: Bytes,
-    /// Parts to compute.
-    pub parts: Parts,
-    /// Static images or a live stream (tracking between frames).
-    pub mode: Mode,
-    /// Frame time in µs, monotonic per session (for the pipeline's filters).
-    pub timestamp_us: i64,
-    /// The session's tracking state, handed to the pipeline for this frame.
-    pub tracking: TrackingState,
-    /// How long the session has gone without a result when it sends this
-    /// frame. Under overload the local pool serves the most starved sessions
-    /// first (see [`FramePriority`]), so every client keeps getting results
-    /// instead of a lucky few.
-    pub starved: Duration,
-}
-
-/// A processed frame: the text of the `result` message and its timings.
-#[derive(Debug, Clone)]
-pub struct FrameOutput {
-    /// The complete `{"type":"result",…}` message.
-    pub json: String,
-    /// Per-stage times (also inside `json`).
-    pub timings: FrameTimings,
-}
-
-/// Why a frame produced no result.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum FrameFailure {
-    /// The JPEG could not be decoded (truncated, corrupt, too large).
-    #[error("bad frame: {0}")]
-    BadFrame(String),
-    /// The pipeline returned an error for this image.
-    #[error("inference failed")]
-    Inference,
-    /// The worker thread panicked on this frame; the worker was replaced.
-    #[error("inference worker failed (panic) and was replaced")]
-    WorkerPanicked,
-    /// The worker thread passed its deadline on this frame; it was abandoned
-    /// and the worker replaced.
-    #[error("inference worker stalled past its deadline and was replaced")]
-    WorkerStalled,
-    /// The pool's queue was full; this (oldest) job was shed.
-    #[error("inference pool overloaded, frame dropped")]
-    Overloaded,
-    /// The job waited longer than its time to live.
-    #[error("frame expired in the inference queue")]
-    Expired,
-    /// The job vanished without an answer (its worker was killed).
-    #[error("frame lost by the inference pool")]
-    Lost,
-    /// The pool is shutting down or stopped.
-    #[error("inference pool unavailable")]
-    Unavailable,
-}
-
-impl FrameFailure {
-    /// The wire code of the `error` message for this failure.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            FrameFailure::BadFrame(_) => ErrorCode::BadFrame,
-            FrameFailure::Inference
-            | FrameFailure::WorkerPanicked
-            | FrameFailure::WorkerStalled => ErrorCode::WorkerFailed,
-            FrameFailure::Overloaded => ErrorCode::Overloaded,
-            FrameFailure::Expired => ErrorCode::Expired,
-            FrameFailure::Lost => ErrorCode::Lost,
-            FrameFailure::Unavailable => ErrorCode::Unavailable,
-        }
-    }
-}
-
-/// The pool's answer to one [`FrameJob`].
-#[derive(Debug)]
-pub struct FrameDone {
-    /// The frame's `seq`.
-    pub seq: u32,
-    /// The new tracking state; `None` when it was lost with the job (the
-    /// session then starts over with a fresh one).
-    pub tracking: Option<TrackingState>,
-    /// The result, or why there is none.
-    pub outcome: Result<FrameOutput, FrameFailure>,
-}
+use super::job::{FrameDone, FrameFailure, FrameJob, FrameKey, PoolJob};
+use super::remote::gateway::{RemotePool, RemotePoolError};
+use crate::config::{ConfigError, FaultPlan, ModelConfig, PoolConfig, PoolKind};
+use crate::metrics::Metrics;
 
 /// Errors of the pool's boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("invalid pool configuration: {0}")]
-    Config(String),
-    #[error("loading the model for worker {worker} failed: {message}")]
-    Model { worker: usize, message: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("inference worker {worker}: {source}")]
+    Model {
+        worker: usize,
+        source: ModelThreadError,
+    },
     #[error("starting the worker factory failed: {0}")]
-    Spawn(String),
+    Spawn(#[from] ractor::SpawnErr),
     #[error(transparent)]
     Remote(#[from] RemotePoolError),
-}
-
-/// Routing key of a job in the factory: unique per in-flight frame, with
-/// the frame's queue priority.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FrameKey {
-    pub conn: u64,
-    pub seq: u32,
-    pub priority: StandardPriority,
 }
 
 /// Queue priority from starvation, so that under overload the pool goes
@@ -216,59 +109,6 @@ impl queues::PriorityManager<FrameKey, StandardPriority> for FramePriority {
     }
 }
 
-/// The factory's message: a frame plus the port its answer goes to.
-///
-/// Dropping a `PoolJob` that has not been answered answers it `Lost`.
-pub struct PoolJob {
-    pub(crate) frame: Option<FrameJob>,
-    reply: Option<oneshot::Sender<FrameDone>>,
-    seq: u32,
-    /// When the job was handed to the pool (for `queue_ms`).
-    pub(crate) submitted: Instant,
-}
-
-impl std::fmt::Debug for PoolJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolJob")
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PoolJob {
-    pub(crate) fn seq(&self) -> u32 {
-        self.seq
-    }
-
-    /// Sends the answer (once; later calls do nothing).
-    pub(crate) fn answer(&mut self, done: FrameDone) {
-        if let Some(tx) = self.reply.take() {
-            // The session may be gone already; nothing to tell then.
-            let _ = tx.send(done);
-        }
-    }
-
-    /// Answers with a failure, returning the tracking state if the frame is
-    /// still here (it never reached a worker thread).
-    pub(crate) fn fail(&mut self, failure: FrameFailure) {
-        let tracking = self.frame.take().map(|f| f.tracking);
-        let seq = self.seq;
-        self.answer(FrameDone {
-            seq,
-            tracking,
-            outcome: Err(failure),
-        });
-    }
-}
-
-impl Drop for PoolJob {
-    fn drop(&mut self) {
-        if self.reply.is_some() {
-            self.fail(FrameFailure::Lost);
-        }
-    }
-}
-
 pub(crate) type PoolFactoryMsg = FactoryMessage<FrameKey, PoolJob>;
 
 /// Answers shed and expired jobs, so their sessions move on.
@@ -298,7 +138,7 @@ impl FactoryStatsLayer for QueueDepthGauge {
 pub struct LocalPool {
     factory: ActorRef<PoolFactoryMsg>,
     factory_task: Mutex<Option<JoinHandle<()>>>,
-    shared: Arc<WorkerShared>,
+    shared: Arc<InferenceShared>,
     faults: Arc<RwLock<FaultPlan>>,
     job_ttl: Duration,
     stall_deadline: Duration,
@@ -337,8 +177,12 @@ impl InferencePool {
     /// Starts `cfg.workers` workers, each loading its own model instance on
     /// its own thread, and returns once all of them are ready (or the first
     /// load failed), so a server never reports ready without a model.
-    pub async fn start(cfg: &PoolConfig, metrics: Metrics) -> Result<InferencePool, PoolError> {
-        cfg.validate().map_err(PoolError::Config)?;
+    pub async fn start(
+        cfg: &PoolConfig,
+        model: &ModelConfig,
+        metrics: Metrics,
+    ) -> Result<InferencePool, PoolError> {
+        cfg.validate()?;
         if cfg.kind == PoolKind::Redis {
             let url = cfg.remote.redis_url.as_deref();
             let remote = RemotePool::start(&cfg.remote, url, metrics).await?;
@@ -346,12 +190,13 @@ impl InferencePool {
         }
         let faults = Arc::new(RwLock::new(cfg.faults));
         let stall_deadline = Duration::from_millis(cfg.stall_deadline_ms);
-        let shared = Arc::new(WorkerShared {
+        let shared = Arc::new(InferenceShared {
             metrics: metrics.clone(),
             faults: faults.clone(),
             stall_deadline,
             census: ThreadCensus::new(cfg.max_abandoned_threads),
-            decode_limits: cfg.decode_limits().map_err(PoolError::Config)?,
+            decode_limits: cfg.decode_limits()?,
+            model: *model,
         });
 
         // Load the models concurrently, one per worker thread.
@@ -363,9 +208,9 @@ impl InferencePool {
             thread
                 .wait_ready()
                 .await
-                .map_err(|message| PoolError::Model {
+                .map_err(|source| PoolError::Model {
                     worker: wid,
-                    message,
+                    source,
                 })?;
         }
 
@@ -395,9 +240,7 @@ impl InferencePool {
             )
             .stats(Arc::new(QueueDepthGauge(metrics.clone())) as Arc<dyn FactoryStatsLayer>)
             .build();
-        let (factory, factory_task) = Actor::spawn(None, PoolFactory::default(), args)
-            .await
-            .map_err(|e| PoolError::Spawn(e.to_string()))?;
+        let (factory, factory_task) = Actor::spawn(None, PoolFactory::default(), args).await?;
 
         Ok(InferencePool::Local(Arc::new(LocalPool {
             factory,
@@ -486,12 +329,7 @@ impl LocalPool {
             priority: FramePriority::of(frame.starved),
         };
         let ttl = FramePriority::ttl(frame.starved, self.job_ttl);
-        let job = PoolJob {
-            frame: Some(frame),
-            reply: Some(tx),
-            seq,
-            submitted: Instant::now(),
-        };
+        let job = PoolJob::new(frame, tx);
         if let Err(err) = self
             .factory
             .dispatch_with_options(key, job, JobOptions::new(Some(ttl)))

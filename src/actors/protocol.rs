@@ -26,9 +26,13 @@
 //!   every `stats_interval_ms`.
 //!
 //! An oversized message closes the connection with code 1009 (message too big).
+//!
+//! Owns the client's wire format and its parsing; nothing here touches a
+//! socket, the pool or the pipeline (the session actor does).
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::{DropReason, Metrics};
 use crate::model::Parts;
 use crate::session_id::SessionTag;
 
@@ -73,6 +77,16 @@ impl FrameHeader {
     }
 }
 
+/// The `seq` of a binary message whose header got that far (version byte
+/// and seq present), whether or not the rest is a valid frame: so that an
+/// error can name the frame it is about.
+pub fn frame_seq(msg: &[u8]) -> Option<u32> {
+    match msg {
+        [FRAME_VERSION, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// Splits a binary message into its header and the JPEG bytes.
 ///
 /// Only the cheap checks happen here (on the session's async thread); the JPEG
@@ -84,8 +98,9 @@ pub fn parse_frame(msg: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
     if msg[0] != FRAME_VERSION {
         return Err(FrameError::Version(msg[0]));
     }
-    // unwrap: the slices have the exact lengths of the arrays (checked above).
-    let seq = u32::from_le_bytes(msg[1..5].try_into().unwrap());
+    // unwrap: the header is complete (checked above).
+    let seq = frame_seq(msg).unwrap();
+    // unwrap: the slice has the exact length of the array (checked above).
     let capture_ts = f64::from_le_bytes(msg[5..13].try_into().unwrap());
     if !capture_ts.is_finite() {
         return Err(FrameError::CaptureTs);
@@ -100,37 +115,47 @@ pub fn parse_frame(msg: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
     Ok((FrameHeader { seq, capture_ts }, jpeg))
 }
 
-/// A part of the Holistic result a client can ask for.
+/// A part of the Holistic result a client can ask for, by its wire name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PartName {
+enum PartName {
     Pose,
     Face,
     Hands,
 }
 
-/// Converts the wire list of parts to the pipeline's flags.
-pub fn parts_from_names(names: &[PartName]) -> Parts {
-    Parts {
-        pose: names.contains(&PartName::Pose),
-        face: names.contains(&PartName::Face),
-        hands: names.contains(&PartName::Hands),
-    }
-}
+/// `parts` on the WebSocket: a list of names (`["pose","hands"]`) on the
+/// wire, the pipeline's [`Parts`] in memory. The one place the two meet
+/// (serde adapters for the fields that carry parts).
+mod part_names {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The wire list of the parts that are on.
-pub fn names_from_parts(parts: Parts) -> Vec<PartName> {
-    let mut v = Vec::with_capacity(3);
-    if parts.pose {
-        v.push(PartName::Pose);
+    use super::PartName;
+    use crate::model::Parts;
+
+    const NAMED: [(PartName, fn(&Parts) -> bool); 3] = [
+        (PartName::Pose, |p| p.pose),
+        (PartName::Face, |p| p.face),
+        (PartName::Hands, |p| p.hands),
+    ];
+
+    pub fn serialize<S: Serializer>(parts: &Parts, s: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<PartName> = NAMED
+            .iter()
+            .filter(|(_, on)| on(parts))
+            .map(|(name, _)| *name)
+            .collect();
+        names.serialize(s)
     }
-    if parts.face {
-        v.push(PartName::Face);
+
+    pub fn deserialize_some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Parts>, D::Error> {
+        let names = Vec::<PartName>::deserialize(d)?;
+        Ok(Some(Parts {
+            pose: names.contains(&PartName::Pose),
+            face: names.contains(&PartName::Face),
+            hands: names.contains(&PartName::Hands),
+        }))
     }
-    if parts.hands {
-        v.push(PartName::Hands);
-    }
-    v
 }
 
 /// A text message from the client.
@@ -141,8 +166,8 @@ pub enum ControlMessage {
     Config {
         #[serde(default)]
         fps: Option<u32>,
-        #[serde(default)]
-        parts: Option<Vec<PartName>>,
+        #[serde(default, deserialize_with = "part_names::deserialize_some")]
+        parts: Option<Parts>,
     },
 }
 
@@ -233,6 +258,8 @@ pub struct FrameTimings {
     /// Serialising the landmarks to JSON.
     pub serialize_ms: f64,
     /// From the frame's arrival at the session until the result was ready.
+    /// (Absent from a remote worker's timings, which cannot know it.)
+    #[serde(default)]
     pub total_ms: f64,
 }
 
@@ -258,7 +285,8 @@ pub enum ServerMessage<'a> {
 pub struct SessionView {
     pub fps: u32,
     pub max_fps: u32,
-    pub parts: Vec<PartName>,
+    #[serde(serialize_with = "part_names::serialize")]
+    pub parts: Parts,
     pub max_message_bytes: usize,
 }
 
@@ -272,6 +300,23 @@ pub struct SessionStats {
     pub dropped_overload: u64,
     pub dropped_expired: u64,
     pub errors: u64,
+}
+
+impl SessionStats {
+    /// Counts a dropped frame here and in `/metrics` (`drops_total`) at
+    /// once, so the two never disagree. A lost frame counts among `errors`:
+    /// the client saw an `error` message for it.
+    pub fn count_drop(&mut self, reason: DropReason, metrics: &Metrics) {
+        let field = match reason {
+            DropReason::Stale => &mut self.dropped_stale,
+            DropReason::Fps => &mut self.dropped_fps,
+            DropReason::Overload => &mut self.dropped_overload,
+            DropReason::Expired => &mut self.dropped_expired,
+            DropReason::Lost => &mut self.errors,
+        };
+        *field += 1;
+        metrics.count_drop(reason);
+    }
 }
 
 impl ServerMessage<'_> {
@@ -386,7 +431,7 @@ mod tests {
             parse_control(r#"{"type":"config","fps":15,"parts":["pose","hands"]}"#, 30).unwrap();
         let ControlMessage::Config { fps, parts } = msg;
         assert_eq!(fps, Some(15));
-        let parts = parts_from_names(&parts.unwrap());
+        let parts = parts.unwrap();
         assert!(parts.pose && parts.hands && !parts.face);
 
         assert!(matches!(

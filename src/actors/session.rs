@@ -5,6 +5,9 @@
 //! wins), owns the client's tracking state and passes it with each job, and
 //! turns the pool's answers into `result`/`error` messages. Everything it
 //! drops is counted, both in its own `stats` message and in `/metrics`.
+//!
+//! Must not decode or run frames (the pool's workers do, off the async threads)
+//! nor reach into the pool's queue: it talks to [`InferencePool`] only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,16 +19,16 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use parking_lot::Mutex;
-use prometheus::{IntGaugeVec, Opts};
 use uuid::Uuid;
 
-use super::SessionConfig;
-use super::pool::{FrameDone, FrameFailure, FrameJob, InferencePool};
+use super::job::{FrameDone, FrameJob};
+use super::pool::InferencePool;
 use super::protocol::{
-    ControlMessage, ErrorCode, FRAME_VERSION, ServerMessage, SessionStats, SessionView,
-    names_from_parts, parse_control, parse_frame, parts_from_names,
+    ControlMessage, ErrorCode, ServerMessage, SessionStats, SessionView, frame_seq, parse_control,
+    parse_frame,
 };
-use crate::http::Metrics;
+use crate::config::SessionConfig;
+use crate::metrics::{DropReason, Metrics};
 use crate::model::{Mode, Parts, TrackingState};
 use crate::session_id::SessionTag;
 
@@ -127,9 +130,6 @@ struct RegistryInner {
     /// Open connections: their login session and, once running, their actor.
     open: Mutex<HashMap<u64, (Uuid, Option<Recipient<CloseSession>>)>>,
     metrics: Metrics,
-    /// Tasks alive on the runtime of each HTTP worker thread, sampled when a
-    /// session opens: a leak of connection tasks shows as growth here.
-    runtime_tasks: IntGaugeVec,
 }
 
 /// The open sessions: bounds their number, keeps `sessions_active` exact and
@@ -150,20 +150,6 @@ impl SessionRegistry {
     /// A registry for at most `max` concurrent connections, and at most
     /// `max_per_session` of one login session.
     pub fn new(max: usize, max_per_session: usize, metrics: Metrics) -> SessionRegistry {
-        // unwrap: constant, valid options.
-        let runtime_tasks = IntGaugeVec::new(
-            Opts::new(
-                "http_runtime_alive_tasks",
-                "Tasks alive on an HTTP worker's runtime, sampled at each WebSocket open",
-            ),
-            &["thread"],
-        )
-        .unwrap();
-        if let Err(e) = metrics.registry().register(Box::new(runtime_tasks.clone())) {
-            // Only when two registries share one `Metrics` (not done by the
-            // server); the gauge then works unexported.
-            tracing::debug!(error = %e, "runtime task gauge not registered");
-        }
         SessionRegistry {
             inner: Arc::new(RegistryInner {
                 max,
@@ -171,7 +157,6 @@ impl SessionRegistry {
                 next_conn: AtomicU64::new(1),
                 open: Mutex::new(HashMap::new()),
                 metrics,
-                runtime_tasks,
             }),
         }
     }
@@ -199,7 +184,8 @@ impl SessionRegistry {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let thread = std::thread::current();
             self.inner
-                .runtime_tasks
+                .metrics
+                .http_runtime_alive_tasks
                 .with_label_values(&[thread.name().unwrap_or("unnamed")])
                 .set(rt.metrics().num_alive_tasks() as i64);
         }
@@ -364,8 +350,7 @@ impl SessionActor {
             Err(e) => {
                 // Echo the seq when the header got that far, so the client can
                 // match the error to its frame.
-                let seq = (msg.len() >= 5 && msg[0] == FRAME_VERSION)
-                    .then(|| u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]));
+                let seq = frame_seq(&msg);
                 self.stats.errors += 1;
                 self.metrics
                     .frames_total
@@ -376,8 +361,7 @@ impl SessionActor {
             }
         };
         if !self.limiter.admit(arrived) {
-            self.stats.dropped_fps += 1;
-            self.metrics.drops_total.with_label_values(&["fps"]).inc();
+            self.stats.count_drop(DropReason::Fps, &self.metrics);
             return;
         }
         let frame = WaitingFrame {
@@ -388,8 +372,7 @@ impl SessionActor {
         };
         if self.in_flight {
             if self.slot.replace(frame).is_some() {
-                self.stats.dropped_stale += 1;
-                self.metrics.drops_total.with_label_values(&["stale"]).inc();
+                self.stats.count_drop(DropReason::Stale, &self.metrics);
             }
         } else {
             self.dispatch(frame, ctx);
@@ -438,26 +421,9 @@ impl SessionActor {
                 ctx.text(output.json);
             }
             Err(failure) => {
-                match &failure {
-                    FrameFailure::Overloaded => {
-                        self.stats.dropped_overload += 1;
-                        self.metrics
-                            .drops_total
-                            .with_label_values(&["overload"])
-                            .inc();
-                    }
-                    FrameFailure::Expired => {
-                        self.stats.dropped_expired += 1;
-                        self.metrics
-                            .drops_total
-                            .with_label_values(&["expired"])
-                            .inc();
-                    }
-                    FrameFailure::Lost => {
-                        self.stats.errors += 1;
-                        self.metrics.drops_total.with_label_values(&["lost"]).inc();
-                    }
-                    _ => {
+                match failure.drop_reason() {
+                    Some(reason) => self.stats.count_drop(reason, &self.metrics),
+                    None => {
                         self.stats.errors += 1;
                         self.metrics
                             .frames_total
@@ -481,7 +447,7 @@ impl SessionActor {
                     self.limiter.set_fps(fps);
                 }
                 if let Some(parts) = parts {
-                    self.parts = parts_from_names(&parts);
+                    self.parts = parts;
                 }
             }
             Err(e) => {
@@ -495,7 +461,7 @@ impl SessionActor {
         SessionView {
             fps: self.fps,
             max_fps: self.cfg.max_fps,
-            parts: names_from_parts(self.parts),
+            parts: self.parts,
             max_message_bytes: self.cfg.max_message_bytes,
         }
     }

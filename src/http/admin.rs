@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::auth::password_matches;
 use super::{AppState, Error};
-use crate::actors::FaultPlan;
+use crate::config::FaultPlan;
 
 /// Body of `POST /admin/faults`.
 #[derive(Debug, Deserialize)]

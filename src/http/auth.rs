@@ -6,6 +6,9 @@
 //! Max-Age, `Secure` when configured); `GET /auth/code` says whether the
 //! cookie is valid; `POST /auth/logout` revokes the session and clears the
 //! cookie.
+//!
+//! Must not hold sessions itself (the store does) nor put the cookie's token in
+//! a log line or a page (only its [`SessionTag`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -7,17 +7,17 @@
 //! - [`store`]: which sessions are valid; in memory, mirrored in Redis.
 //! - [`ws`]: the `/ws` upgrade into a session actor; [`admin`]: run-time
 //!   fault injection, off unless the operator enables it (404 otherwise).
-//! - [`metrics`]: the Prometheus registry; [`error`]: the one HTTP error
-//!   type; [`shutdown`]: the signal that cancels the server's token.
+//! - [`error`]: the one HTTP error type. `/metrics` renders the root
+//!   [`crate::metrics`].
 //!
-//! [`run`] wires them together and is what `holistream serve` and the
-//! integration tests call, on a listener they bound themselves.
+//! [`run`] wires them together and is what `holistream serve`
+//! (`commands::serve`) and the integration tests call, on a listener they
+//! bound themselves. Imports `actors` and the root plumbing; nothing from
+//! `commands`.
 
 pub mod admin;
 pub mod auth;
 pub mod error;
-pub mod metrics;
-pub mod shutdown;
 pub mod store;
 pub mod ws;
 
@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::{InferencePool, SessionRegistry};
 use crate::config::{Config, PASSWORD_ENV};
 
+use crate::metrics::Metrics;
 pub use auth::{Auth, LoginLimiter, SESSION_COOKIE};
 pub use error::Error;
-pub use metrics::Metrics;
 pub use store::{SessionStore, StoreSettings};
 
 /// Largest JSON body accepted by the auth and admin endpoints.
@@ -193,7 +193,7 @@ pub async fn run(
         tracing::warn!(error = %e, "Redis unreachable at start-up; logins get 503 until it answers");
     }
 
-    let pool = InferencePool::start(&config.pool, metrics.clone())
+    let pool = InferencePool::start(&config.pool, &config.model, metrics.clone())
         .await
         .context("starting the inference pool")?;
     let sessions = SessionRegistry::new(
@@ -276,20 +276,4 @@ pub async fn run(
     let _ = sweeper.await;
     tracing::info!("shut down");
     served.context("HTTP server failed")
-}
-
-/// `holistream serve`: loads the configuration, binds the listener and serves
-/// until ctrl-c or SIGTERM.
-pub fn serve(args: &crate::config::ServeArgs) -> anyhow::Result<()> {
-    let config = args.load()?;
-    let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
-        .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
-    actix_web::rt::System::new().block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = actix_web::rt::spawn(shutdown::cancel_on_signal(shutdown.clone()));
-        let served = run(listener, config, shutdown.clone()).await;
-        shutdown.cancel();
-        let _ = signals.await;
-        served
-    })
 }

@@ -44,7 +44,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Errors of the session store.
 #[derive(Debug, thiserror::Error)]

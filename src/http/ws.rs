@@ -1,4 +1,6 @@
 //! `GET /ws`: admission, then the upgrade into a [`SessionActor`].
+//!
+//! Admission only: the socket's traffic is the session actor's.
 
 use std::sync::Arc;
 

@@ -2,6 +2,8 @@
 //!
 //! Both detectors use `fixed_anchor_size: true`, so every anchor is 1×1 and
 //! only its centre matters; the scales only decide how many anchors a cell has.
+//!
+//! Pure functions of the nets' geometry; no I/O, no state.
 
 /// Options of `SsdAnchorsCalculator` that matter with a fixed anchor size.
 #[derive(Clone, Debug)]

@@ -1,6 +1,8 @@
 //! SSD detections: decoding the detector's raw boxes (`TensorsToDetectionsCalculator`)
 //! and weighted non-max suppression (`NonMaxSuppressionCalculator`),
 //! HOLISTIC_SPEC.md §2.2–2.3 and §6.2.
+//!
+//! Pure functions on net outputs; it knows no image and no session.
 
 use super::anchors::Anchor;
 use super::geometry::{Padding, RelBox};

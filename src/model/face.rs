@@ -2,6 +2,9 @@
 //! 0–10, the short-range face detector inside it, a re-crop ROI from the
 //! detection's six keypoints, the tracking choice against the previous frame's
 //! face, and the 468-landmark net.
+//!
+//! Pure functions of the face stages; the pipeline calls them in order and owns
+//! the state.
 
 use super::anchors::{Anchor, FACE_DETECTION_ANCHORS, ssd_anchors};
 use super::detection::{DecodeOptions, Detection, decode, sigmoid, weighted_nms};

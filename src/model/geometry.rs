@@ -5,6 +5,8 @@
 //! height normalised by the image height; `r` is in radians and a positive `r`
 //! turns the rect's local axes clockwise on screen (image y points down).
 //! Arithmetic is `f32` like MediaPipe's protos, so rounding follows theirs.
+//!
+//! Pure geometry; it knows no net and no image.
 
 use serde::{Deserialize, Serialize};
 use std::f32::consts::PI;

@@ -3,6 +3,9 @@
 //! the tracking choice against the previous frame's hand, and the 21-landmark
 //! net. Left and right are the pose's (the person's own) sides; the hand net's
 //! handedness output is not used, as in MediaPipe Holistic.
+//!
+//! Pure functions of the hand stages; the pipeline calls them in order and owns
+//! the state.
 
 use super::geometry::{
     ImageSize, NormRect, RectTransform, alignment_rect, landmarks_box, norm_rad, project,

@@ -33,105 +33,25 @@ mod jpeg_layout;
 use jpeg_layout::JpegLayout;
 pub use jpeg_layout::MAX_SCANS;
 
-/// The largest side any configuration may accept, in pixels. 4096x4096
-/// (16.8 Mpx) holds a 12 Mpx phone photo (4032x3024) and a 4K UHD frame
-/// (3840x2160); at this size one decode holds a 48 MiB RGB image plus, for a
-/// progressive or multi-scan JPEG, libjpeg's whole-image coefficient buffer
-/// (up to 96 MiB: three full-resolution components at 2 bytes a
-/// coefficient), and every pool worker may be decoding one at a time.
-const HARD_CAP_SIDE: u32 = 4096;
+/// The limits live with the configuration that sets them (`[pool]`,
+/// `[worker]`); the decoder below holds every image to them.
+pub use crate::config::{DecodeLimits, DecodeLimitsError};
 
-/// The largest image a decode accepts, in either orientation: a phone held
-/// upright sends 1080x1920 where a webcam sends 1920x1080, and both cost the
-/// same. No limits exceed [`DecodeLimits::HARD_CAP`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodeLimits {
-    max_width: u32,
-    max_height: u32,
+/// The memory libjpeg may use for an admitted image: its largest need is
+/// the whole-image coefficient buffer of a progressive or multi-scan
+/// JPEG, 128 bytes per 8x8 block (64 coefficients of 2 bytes) of each of
+/// at most 3 components, the sides rounded up to the largest MCU (32 px);
+/// plus the row buffers, tables and state of one decode, a few MiB at
+/// the hard cap's width, given 16 MiB.
+fn libjpeg_max_memory(limits: &DecodeLimits) -> usize {
+    let blocks = |side: u32| side.div_ceil(32) as usize * 4;
+    blocks(limits.max_width()) * blocks(limits.max_height()) * 3 * 128 + (16 << 20)
 }
 
-/// Limits asked for outside `1..=4096` per side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "decode limits {width}x{height}: each side must be between 1 and {HARD_CAP_SIDE} px \
-     (the hard cap)"
-)]
-pub struct DecodeLimitsError {
-    pub width: u32,
-    pub height: u32,
-}
-
-impl DecodeLimits {
-    /// Full HD: the most a webcam or a phone camera streams, and more than
-    /// the web demo sends (640x480). The default.
-    pub const CAMERA: DecodeLimits = DecodeLimits {
-        max_width: 1920,
-        max_height: 1080,
-    };
-    /// The most any configuration may accept (see `HARD_CAP_SIDE` for why
-    /// this size).
-    pub const HARD_CAP: DecodeLimits = DecodeLimits {
-        max_width: HARD_CAP_SIDE,
-        max_height: HARD_CAP_SIDE,
-    };
-    /// Photos given on the command line (`infer`, `parity`, `bench`): they
-    /// are larger than camera frames (the test photos go up to 1920x1448, a
-    /// phone's to 4032x3024), and come from the operator, so the hard cap.
-    pub const PHOTO: DecodeLimits = DecodeLimits::HARD_CAP;
-
-    /// Limits of `max_width` x `max_height` (either orientation); refused
-    /// when a side is zero or above the hard cap.
-    pub fn new(max_width: u32, max_height: u32) -> Result<DecodeLimits, DecodeLimitsError> {
-        let side_ok = |s: u32| (1..=HARD_CAP_SIDE).contains(&s);
-        if side_ok(max_width) && side_ok(max_height) {
-            Ok(DecodeLimits {
-                max_width,
-                max_height,
-            })
-        } else {
-            Err(DecodeLimitsError {
-                width: max_width,
-                height: max_height,
-            })
-        }
-    }
-
-    pub fn max_width(&self) -> u32 {
-        self.max_width
-    }
-
-    pub fn max_height(&self) -> u32 {
-        self.max_height
-    }
-
-    /// Whether a `width` x `height` image fits, in either orientation.
-    pub fn admits(&self, width: u32, height: u32) -> bool {
-        let (w, h) = (self.max_width, self.max_height);
-        (width <= w && height <= h) || (width <= h && height <= w)
-    }
-
-    /// The memory libjpeg may use for an admitted image: its largest need is
-    /// the whole-image coefficient buffer of a progressive or multi-scan
-    /// JPEG, 128 bytes per 8x8 block (64 coefficients of 2 bytes) of each of
-    /// at most 3 components, the sides rounded up to the largest MCU (32 px);
-    /// plus the row buffers, tables and state of one decode, a few MiB at
-    /// the hard cap's width, given 16 MiB.
-    fn libjpeg_max_memory(&self) -> usize {
-        let blocks = |side: u32| side.div_ceil(32) as usize * 4;
-        blocks(self.max_width) * blocks(self.max_height) * 3 * 128 + (16 << 20)
-    }
-
-    /// The `image` crate's allocation cap for a PNG: an RGBA16 image of the
-    /// largest admitted size, plus slack for the decoder's own buffers.
-    fn png_max_alloc(&self) -> u64 {
-        self.max_width as u64 * self.max_height as u64 * 8 + (16 << 20)
-    }
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        DecodeLimits::CAMERA
-    }
+/// The `image` crate's allocation cap for a PNG: an RGBA16 image of the
+/// largest admitted size, plus slack for the decoder's own buffers.
+fn png_max_alloc(limits: &DecodeLimits) -> u64 {
+    limits.max_width() as u64 * limits.max_height() as u64 * 8 + (16 << 20)
 }
 
 /// Why bytes could not become an image.
@@ -210,7 +130,7 @@ fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Ima
     match image::guess_format(bytes) {
         Ok(ImageFormat::Jpeg) => {
             let layout = JpegLayout::read(bytes, limits)?;
-            decode_jpeg(bytes, &layout, limits.libjpeg_max_memory())
+            decode_jpeg(bytes, &layout, libjpeg_max_memory(limits))
         }
         Ok(ImageFormat::Png) => decode_png(bytes, limits),
         // Only JPEG and PNG decoders are built in; other recognised formats
@@ -233,10 +153,10 @@ fn decode_png(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageInpu
     }
     let mut reader = reader();
     let mut decoder_limits = Limits::default();
-    let longest = limits.max_width.max(limits.max_height);
+    let longest = limits.max_width().max(limits.max_height());
     decoder_limits.max_image_width = Some(longest);
     decoder_limits.max_image_height = Some(longest);
-    decoder_limits.max_alloc = Some(limits.png_max_alloc());
+    decoder_limits.max_alloc = Some(png_max_alloc(limits));
     reader.limits(decoder_limits);
     let image = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => ImageInputError::TooLarge { width, height },
@@ -698,7 +618,7 @@ pub(super) mod tests {
         let rgb: Vec<u8> = (0..640 * 480 * 3).map(|i| (i % 249) as u8).collect();
         let jpeg = jpeg_encoder(640, 480, &rgb, 90, None, true);
         let l = layout(&jpeg);
-        assert!(decode_jpeg(&jpeg, &l, DecodeLimits::CAMERA.libjpeg_max_memory()).is_ok());
+        assert!(decode_jpeg(&jpeg, &l, libjpeg_max_memory(&DecodeLimits::CAMERA)).is_ok());
         let capped = catch_unwind(AssertUnwindSafe(|| decode_jpeg(&jpeg, &l, 1 << 20)));
         let payload = match capped {
             Err(payload) => payload,

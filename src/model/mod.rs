@@ -13,19 +13,19 @@
 //! - [`tracking`]: ROI tracking between frames, pose smoothing, [`TrackingState`].
 //! - [`pipeline`]: [`Holistic`], the graph that ties the stages together.
 //! - [`result`]: [`HolisticResult`], the wire format.
-//! - [`draw`], [`parity`], [`bench`], [`cli`]: the `infer`, `parity` and `bench` commands.
+//!
+//! The pipeline only: the commands that use it (`infer`, `parity`, `bench`)
+//! are in `commands`. Imports the root plumbing (`config` for `[model]` and
+//! the frame limits) and `holistream-nets`; nothing from `actors`, `http` or
+//! `commands`.
 
 pub mod anchors;
-pub mod bench;
-pub mod cli;
 pub mod detection;
-pub mod draw;
 pub mod face;
 pub mod geometry;
 pub mod hands;
 pub mod image_input;
 pub mod nets;
-pub mod parity;
 pub mod pipeline;
 pub mod pose;
 pub mod result;
@@ -83,6 +83,21 @@ impl std::str::FromStr for Parts {
             }
         }
         Ok(parts)
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// `static` or `tracking`.
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "static" => Ok(Mode::Static),
+            "tracking" => Ok(Mode::Tracking),
+            other => Err(format!(
+                "unknown mode {other:?} (expected static or tracking)"
+            )),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The seam between the pipeline and `holistream-nets`: checked access to a
 //! net's outputs, so a converter change that reorders or reshapes outputs is
 //! a clear error instead of a wrong index.
+//!
+//! Must not run a net: the `NetRunner` of `holistream-nets` does.
 
 use super::ModelError;
 use holistream_nets::Net;

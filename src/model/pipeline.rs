@@ -1,5 +1,8 @@
 //! The Holistic graph, stage by stage (HOLISTIC_SPEC.md §10): pose, then face
 //! and hands from the pose. Each net is reached only through [`NetRunner`].
+//!
+//! Holds no per-stream state (the caller's `TrackingState` does) and reads no
+//! environment (its `[model]` settings come typed from `config`).
 
 use super::anchors::Anchor;
 use super::geometry::{ImageSize, NormRect};
@@ -8,61 +11,13 @@ use super::result::{HolisticResult, PoseLandmark, StageTimings, landmarks};
 use super::tracking::{TrackingState, choose_roi};
 use super::warp::{CropTransform, TensorSpec, WarpError, crop_to_tensor};
 use super::{Mode, ModelError, ProcessOptions, face, hands, pose};
+use crate::config::{Branches, ModelConfig};
 use holistream_nets::{Backend, Net, NetRunner};
 use image::RgbImage;
 use std::cell::RefCell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-
-/// The environment variable [`Holistic::load_default`] reads for the
-/// [`Branches`] policy: `1` (the default), `0`, or `always`.
-pub const PARALLEL_BRANCHES_ENV: &str = "HOLISTREAM_PARALLEL_BRANCHES";
-
-/// When a frame uses a second core: the right hand on a second thread,
-/// beside the face and the left hand (as MediaPipe's graph runs its
-/// branches in parallel), and the nets that run alone (the pose's) with
-/// their large layers halved across two threads ([`NetRunner::run_split`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Branches {
-    /// Every stage on the calling thread.
-    Off,
-    /// While fewer pipelines are running in this process than it has
-    /// cores: a frame takes about a third less time where a core is free,
-    /// and a saturated server (a pipeline per core) does not pay for
-    /// threads that would only compete.
-    WhenCoreFree,
-    /// On every frame (tests).
-    Always,
-}
-
-impl std::str::FromStr for Branches {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Branches, String> {
-        match s {
-            "0" | "off" => Ok(Branches::Off),
-            "1" | "on" => Ok(Branches::WhenCoreFree),
-            "always" => Ok(Branches::Always),
-            other => Err(format!(
-                "{other:?}: expected 1 (when a core is free), 0 or always"
-            )),
-        }
-    }
-}
-
-impl Branches {
-    /// `HOLISTREAM_PARALLEL_BRANCHES`, else [`Branches::WhenCoreFree`]; an
-    /// unknown value is an error.
-    pub fn from_env() -> Result<Branches, ModelError> {
-        match std::env::var(PARALLEL_BRANCHES_ENV) {
-            Ok(v) => v
-                .parse()
-                .map_err(|e| ModelError::Config(format!("{PARALLEL_BRANCHES_ENV}={e}"))),
-            Err(_) => Ok(Branches::WhenCoreFree),
-        }
-    }
-}
 
 /// Pipelines in the middle of a frame in this process, for
 /// [`Branches::WhenCoreFree`].
@@ -101,13 +56,19 @@ pub struct Holistic {
 }
 
 impl Holistic {
-    /// The shipped nets (weights embedded in the binary) on the backend
-    /// `HOLISTREAM_NETS` names (`fused` or `burn`); by default our fused CPU
-    /// kernels, or burn on the GPU a cargo feature selects
-    /// ([`Backend::default_for_build`]); the [`Branches`] policy
-    /// `HOLISTREAM_PARALLEL_BRANCHES` names.
+    /// The shipped nets (weights embedded in the binary) with the defaults
+    /// of `[model]`: our fused CPU kernels (burn on the GPU a cargo feature
+    /// selects, [`Backend::default_for_build`]), and
+    /// [`Branches::WhenCoreFree`].
     pub fn load_default() -> Result<Holistic, ModelError> {
-        Ok(Self::load(Backend::from_env()?)?.with_branches(Branches::from_env()?))
+        Self::load_with(&ModelConfig::default())
+    }
+
+    /// The shipped nets on the backend and with the [`Branches`] policy
+    /// `[model]` names (read from the file and the environment at the edge,
+    /// by `config`).
+    pub fn load_with(config: &ModelConfig) -> Result<Holistic, ModelError> {
+        Ok(Self::load(config.nets())?.with_branches(config.parallel_branches))
     }
 
     /// The shipped nets on `backend`.
@@ -548,17 +509,4 @@ impl Holistic {
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Branches;
-
-    #[test]
-    fn branch_policies_parse_and_unknown_ones_are_errors() {
-        assert_eq!("1".parse(), Ok(Branches::WhenCoreFree));
-        assert_eq!("0".parse(), Ok(Branches::Off));
-        assert_eq!("always".parse(), Ok(Branches::Always));
-        assert!("2".parse::<Branches>().is_err());
-    }
 }

@@ -2,6 +2,9 @@
 //! 256×256 landmark net with heatmap refinement and projection (§4), and the
 //! next frame's ROI from the auxiliary landmarks (§5). Section numbers refer to
 //! HOLISTIC_SPEC.md.
+//!
+//! Pure functions of the pose stages; the pipeline calls them in order and owns
+//! the state.
 
 use super::anchors::{Anchor, POSE_DETECTION_ANCHORS, ssd_anchors};
 use super::detection::{DecodeOptions, Detection, decode, sigmoid, weighted_nms};

@@ -5,6 +5,8 @@
 //! image (x by width, y by height, z as MediaPipe defines it); a part that was
 //! not found (or not asked for) is an empty list. Left and right are the
 //! person's own.
+//!
+//! Data only: the pipeline fills it, the actors serialise it.
 
 use serde::{Deserialize, Serialize};
 

@@ -5,6 +5,8 @@
 //!
 //! The state is a plain serialisable value owned by the caller (a session), so
 //! any worker can process any session's next frame.
+//!
+//! Must not run a net: the pipeline decides when to track and when to detect.
 
 use super::geometry::{ImageSize, NormRect};
 use super::pose::{NUM_POSE_LANDMARKS, RawLandmark};

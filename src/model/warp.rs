@@ -13,6 +13,8 @@
 //!
 //! This runs for every net on every frame, so it writes straight into a
 //! caller-owned buffer.
+//!
+//! Pure image-to-tensor arithmetic; it knows no net and no session.
 
 use super::geometry::{NormRect, Padding};
 use holistream_nets::Isa;

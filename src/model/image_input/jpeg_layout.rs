@@ -1,5 +1,8 @@
 //! The walk of a JPEG's markers that decides, before libjpeg sees it,
 //! whether a frame is worth decoding: see the parent module's order.
+//!
+//! Reads markers only: it must not allocate anything of the declared image
+//! size.
 
 use super::{DecodeLimits, ImageInputError};
 

@@ -1,13 +1,65 @@
 //! Prometheus metrics of the server, served as text at `/metrics`.
 //!
-//! One [`Metrics`] value is created at start-up and cloned into every part
-//! that counts something (sessions, pool, workers, auth); the clones share the
-//! same registry, so a scrape sees everything.
+//! Every metric of the process is registered here, and only here. One
+//! [`Metrics`] value is created at start-up and cloned into every part that
+//! counts something (sessions, pool, workers, remote pool, auth); the clones
+//! share the same registry, so a scrape sees everything. Plumbing below
+//! every layer: imports nothing from the crate.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Why a session dropped a frame: the label of `drops_total{reason}`, and
+/// the field of the session's `stats` message it is also counted in
+/// (`actors::session::SessionStats::count_drop` counts both at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Replaced in the session's slot by a newer frame (latest wins).
+    Stale,
+    /// Above the session's fps cap.
+    Fps,
+    /// Shed by the pool: its queue was full, or the remote backlog trimmed it.
+    Overload,
+    /// Waited in the pool past its time to live.
+    Expired,
+    /// Vanished without an answer (its worker was killed).
+    Lost,
+}
+
+impl DropReason {
+    /// Every reason, for zeroed series and tests.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Stale,
+        DropReason::Fps,
+        DropReason::Overload,
+        DropReason::Expired,
+        DropReason::Lost,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Stale => "stale",
+            DropReason::Fps => "fps",
+            DropReason::Overload => "overload",
+            DropReason::Expired => "expired",
+            DropReason::Lost => "lost",
+        }
+    }
+}
+
+/// Outcomes of a remote pool's jobs: the labels of `remote_jobs_total`.
+pub const REMOTE_JOB_OUTCOMES: [&str; 7] = [
+    "submitted",
+    "result",
+    "trimmed",
+    "expired",
+    "lost",
+    "refused",
+    "late",
+];
 
 /// Every metric the server exports. Cheap to clone (the collectors are `Arc`s
 /// inside).
@@ -45,6 +97,11 @@ pub struct Metrics {
     /// Stalled inference threads abandoned and still running (each holds a
     /// model); at `pool.max_abandoned_threads` the pool stops replacing.
     pub abandoned_threads: IntGauge,
+    /// Jobs of the remote pool by `outcome` ([`REMOTE_JOB_OUTCOMES`]).
+    pub remote_jobs_total: IntCounterVec,
+    /// Tasks alive on the runtime of each HTTP worker `thread`, sampled when
+    /// a WebSocket opens: a leak of connection tasks shows as growth here.
+    pub http_runtime_alive_tasks: IntGaugeVec,
 }
 
 impl Metrics {
@@ -144,13 +201,30 @@ impl Metrics {
             .expect("metric options"),
         );
 
+        let remote_jobs_total = counter_vec(
+            "remote_jobs_total",
+            "Jobs of the remote pool, by outcome",
+            "outcome",
+        );
+        let http_runtime_alive_tasks = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "http_runtime_alive_tasks",
+                    "Tasks alive on an HTTP worker's runtime, sampled at each WebSocket open",
+                ),
+                &["thread"],
+            )
+            .expect("metric options"),
+        );
+
         // Touch the label values we know, so a scrape shows zeros instead of
         // missing series before the first event.
         for outcome in ["received", "processed", "error"] {
             frames_total.with_label_values(&[outcome]);
         }
-        for reason in ["stale", "fps", "overload", "expired", "lost"] {
-            drops_total.with_label_values(&[reason]);
+        for reason in DropReason::ALL {
+            drops_total.with_label_values(&[reason.label()]);
         }
         for reason in ["panic", "stall"] {
             worker_restarts_total.with_label_values(&[reason]);
@@ -175,12 +249,15 @@ impl Metrics {
             login_failures_alert,
             login_failure_alerts_total,
             abandoned_threads,
+            remote_jobs_total,
+            http_runtime_alive_tasks,
         }
     }
 
-    /// The registry, for collectors registered elsewhere.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// Counts one dropped frame in `drops_total` (the session's own count
+    /// goes with it: `SessionStats::count_drop`).
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops_total.with_label_values(&[reason.label()]).inc();
     }
 
     /// All metrics in the Prometheus text exposition format.

@@ -1,17 +1,43 @@
-//! The one configuration of `holistream serve`.
+//! The one configuration of the process: every section's type, from the
+//! HTTP listener to the model, and how they are assembled.
 //!
 //! Loaded in this order, later sources overriding earlier ones: defaults, the
-//! TOML file given by `--config`, environment variables, command-line flags;
-//! then [`Config::validate`]. Secrets come from the environment only
-//! (`HOLISTREAM_PASSWORD`, `REDIS_URL`; the Redis URL may also be a flag): a
-//! config file gets committed, a flag shows in `ps`.
+//! TOML file given by `--config`, environment variables, command-line flags
+//! ([`args`]); then validated. Secrets come from the environment only
+//! (`HOLISTREAM_PASSWORD`, `REDIS_URL`, `HOLISTREAM_ADMIN_TOKEN`; the Redis
+//! URL may also be a flag): a config file gets committed, a flag shows in
+//! `ps`. Environment variables are read here and nowhere else (the kernels'
+//! `HOLISTREAM_ISA` aside, see [`model`]).
+//!
+//! Plumbing below every layer: this module imports nothing from `actors`,
+//! `http`, `model` or `commands`; each of them imports its section from here.
+//!
+//! Map: [`pool`] (`[pool]`, `[pool.remote]`), [`session`] (`[session]`),
+//! [`model`] (`[model]`), [`worker`] (`[worker]`), [`faults`] (the
+//! fault-injection plan of `pool.faults`), [`limits`] (frame size limits),
+//! [`args`] (the flags of `serve` and `worker`); `[server]`, `[auth]`,
+//! `[redis]` and `[admin]` are below.
+
+pub mod args;
+pub mod faults;
+pub mod limits;
+pub mod model;
+pub mod pool;
+pub mod session;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::{PoolConfig, SessionConfig};
+pub use args::{ServeArgs, WorkerArgs};
+pub use faults::{Fault, FaultPlan, FaultPlanError};
+pub use limits::{DecodeLimits, DecodeLimitsError};
+pub use model::{Branches, ModelConfig, Nets};
+pub use pool::{FaultPastDeadline, PoolConfig, PoolKind, RemotePoolConfig};
+pub use session::SessionConfig;
+pub use worker::WorkerConfig;
 
 /// Environment variable holding the entry code.
 pub const PASSWORD_ENV: &str = "HOLISTREAM_PASSWORD";
@@ -40,6 +66,17 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A [`ConfigError::Invalid`] with this message (which names the setting).
+pub(crate) fn invalid(message: String) -> ConfigError {
+    ConfigError::Invalid(message)
+}
+
+/// An environment variable's value, when set to something other than
+/// blanks.
+pub(crate) fn env_setting(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +87,9 @@ pub struct Config {
     pub pool: PoolConfig,
     pub session: SessionConfig,
     pub admin: AdminConfig,
+    pub model: ModelConfig,
+    /// Read by `holistream worker` only.
+    pub worker: WorkerConfig,
 }
 
 /// Operator-only routes (`/admin/...`, fault injection). Off by default:
@@ -209,11 +249,7 @@ impl Config {
     /// Non-secret settings an operator (or compose) sets in the environment:
     /// lists are comma-separated, booleans `true`/`false`/`1`/`0`.
     pub fn apply_env_settings(&mut self) -> Result<(), ConfigError> {
-        let non_empty = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v: &String| !v.trim().is_empty())
-        };
+        let non_empty = env_setting;
         let list = |v: String| -> Vec<String> {
             v.split(',')
                 .map(|s| s.trim().to_string())
@@ -232,6 +268,7 @@ impl Config {
         if let Some(v) = non_empty("HOLISTREAM_ADMIN_ENABLED") {
             self.admin.enabled = parse_bool("HOLISTREAM_ADMIN_ENABLED", &v)?;
         }
+        self.model.apply_env()?;
         Ok(())
     }
 
@@ -322,8 +359,8 @@ impl Config {
                     .into(),
             );
         }
-        self.pool.validate().map_err(ConfigError::Invalid)?;
-        self.session.validate().map_err(ConfigError::Invalid)?;
+        self.pool.validate()?;
+        self.session.validate()?;
         Ok(())
     }
 
@@ -345,90 +382,6 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
         _ => Err(ConfigError::Invalid(format!(
             "{name} must be true or false, got {v:?}"
         ))),
-    }
-}
-
-/// Flags of `holistream serve`. Each flag also reads the environment variable
-/// named beside it; a flag given on the command line wins.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// TOML configuration file (sections: server, auth, redis, pool, session,
-    /// admin).
-    #[arg(long, env = "HOLISTREAM_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "HOLISTREAM_HOST")]
-    pub host: Option<String>,
-    /// Port to listen on (0: any free port).
-    #[arg(long, env = "HOLISTREAM_PORT")]
-    pub port: Option<u16>,
-    /// Redis URL of the session mirror; without it sessions stay in memory.
-    #[arg(long, env = REDIS_URL_ENV, hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Inference workers (default: number of cores).
-    #[arg(long, env = "HOLISTREAM_WORKERS")]
-    pub workers: Option<usize>,
-    /// Fault injection, e.g. `panic=0.05,stall=0.01:2s,slow=0.1:50ms`.
-    #[arg(long, env = "HOLISTREAM_FAULTS")]
-    pub faults: Option<String>,
-    /// Folder of the web demo.
-    #[arg(long, env = "HOLISTREAM_WEB_DIR")]
-    pub web_dir: Option<PathBuf>,
-    /// Mark the session cookie `Secure` (behind HTTPS).
-    #[arg(long)]
-    pub secure_cookie: bool,
-    /// Inference pool: `local` threads, or `redis` for `holistream worker`
-    /// processes reached through the Redis at `REDIS_URL`.
-    #[arg(long, env = "HOLISTREAM_POOL", value_enum)]
-    pub pool: Option<crate::actors::remote::PoolKind>,
-    /// This gateway's id with `--pool redis` (default: a fresh uuid).
-    #[arg(long, env = "HOLISTREAM_GATEWAY_ID")]
-    pub gateway_id: Option<String>,
-}
-
-impl ServeArgs {
-    /// Defaults, then the file, then the environment, then these flags;
-    /// validated.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        config.apply_env();
-        config.apply_env_settings()?;
-        if let Some(h) = &self.host {
-            config.server.host = h.clone();
-        }
-        if let Some(p) = self.port {
-            config.server.port = p;
-        }
-        if let Some(u) = &self.redis_url {
-            config.redis.url = Some(u.clone()).filter(|u| !u.is_empty());
-        }
-        if let Some(w) = self.workers {
-            config.pool.workers = w;
-        }
-        if let Some(f) = &self.faults {
-            config.pool.faults = f
-                .parse()
-                .map_err(|e| ConfigError::Invalid(format!("--faults: {e}")))?;
-        }
-        if let Some(d) = &self.web_dir {
-            config.server.web_dir = d.clone();
-        }
-        if self.secure_cookie {
-            config.server.secure_cookie = true;
-        }
-        if let Some(kind) = self.pool {
-            config.pool.kind = kind;
-        }
-        if let Some(id) = &self.gateway_id {
-            config.pool.remote.gateway_id = Some(id.clone());
-        }
-        // The remote pool uses the same Redis as the session mirror.
-        config.pool.remote.redis_url = config.redis.url.clone();
-        config.validate()?;
-        Ok(config)
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Plain HTTP/1.0 over a std `TcpStream`: one request on loopback needs no
 //! async runtime and no HTTP client.
+//!
+//! Must not load the model or the configuration: it only asks the running
+//! server.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -8,8 +8,20 @@
 //! is skipped after the first frame, as in a live stream). Throughput: frames
 //! per second with one worker (one `Holistic`) per thread, all started
 //! together, for 1 worker and for one per core.
+//!
+//! Tooling, not the pipeline: it times `model` from the outside and changes
+//! nothing in it.
 
-use super::{Backend, Holistic, Mode, ModelError, Net, Parts, ProcessOptions, TrackingState};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{TESTDATA, load_image};
+use crate::config::{Branches, ModelConfig};
+use crate::model::{
+    Backend, Holistic, Mode, ModelError, Net, Parts, ProcessOptions, TrackingState,
+};
+use crate::stats::median;
 use image::RgbImage;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
@@ -72,18 +84,18 @@ impl MediaPipeTimes {
         python: &std::path::Path,
         images: &[std::path::PathBuf],
         iters: usize,
-    ) -> Result<MediaPipeTimes, String> {
+    ) -> anyhow::Result<MediaPipeTimes> {
         let out = std::process::Command::new(python)
             .arg("-c")
             .arg(MEDIAPIPE_BENCH_PY)
             .arg(iters.to_string())
             .args(images)
             .output()
-            .map_err(|e| format!("running {}: {e}", python.display()))?;
+            .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "{} failed ({}): {}",
                 python.display(),
                 out.status,
@@ -92,7 +104,8 @@ impl MediaPipeTimes {
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).map_err(|e| format!("reading MediaPipe's times ({e}): {line}"))
+        serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("reading MediaPipe's times ({e}): {line}"))
     }
 
     /// Frames per second of `workers` MediaPipe processes (one Holistic
@@ -105,7 +118,7 @@ impl MediaPipeTimes {
         workers: usize,
         frames: usize,
         mode: Mode,
-    ) -> Result<f64, String> {
+    ) -> anyhow::Result<f64> {
         use std::io::{BufRead, BufReader, Write};
         use std::process::{Command, Stdio};
         let mode_arg = match mode {
@@ -135,7 +148,7 @@ impl MediaPipeTimes {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| format!("running {}: {e}", python.display()))?;
+                .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
             children.0.push(child);
         }
         // Wait until every process has loaded its graph and run a warm-up
@@ -146,9 +159,9 @@ impl MediaPipeTimes {
             let mut line = String::new();
             reader
                 .read_line(&mut line)
-                .map_err(|e| format!("reading from {}: {e}", python.display()))?;
+                .map_err(|e| anyhow::anyhow!("reading from {}: {e}", python.display()))?;
             if line.trim() != "ready" {
-                return Err(format!(
+                return Err(anyhow::anyhow!(
                     "{} did not start (said {line:?}; is mediapipe==0.10.14 installed?)",
                     python.display()
                 ));
@@ -160,7 +173,7 @@ impl MediaPipeTimes {
             stdin
                 .write_all(b"go\n")
                 .and_then(|()| stdin.flush())
-                .map_err(|e| format!("starting {}: {e}", python.display()))?;
+                .map_err(|e| anyhow::anyhow!("starting {}: {e}", python.display()))?;
         }
         #[derive(serde::Deserialize)]
         struct Span {
@@ -173,15 +186,15 @@ impl MediaPipeTimes {
             let mut line = String::new();
             reader
                 .read_line(&mut line)
-                .map_err(|e| format!("reading from {}: {e}", python.display()))?;
+                .map_err(|e| anyhow::anyhow!("reading from {}: {e}", python.display()))?;
             let status = child
                 .wait()
-                .map_err(|e| format!("waiting for {}: {e}", python.display()))?;
+                .map_err(|e| anyhow::anyhow!("waiting for {}: {e}", python.display()))?;
             if !status.success() {
-                return Err(format!("{} failed ({status})", python.display()));
+                return Err(anyhow::anyhow!("{} failed ({status})", python.display()));
             }
             let span: Span = serde_json::from_str(line.trim())
-                .map_err(|e| format!("reading MediaPipe's span ({e}): {line}"))?;
+                .map_err(|e| anyhow::anyhow!("reading MediaPipe's span ({e}): {line}"))?;
             start = start.min(span.start);
             end = end.max(span.end);
             total += span.frames;
@@ -207,16 +220,9 @@ pub struct BenchReport {
     pub static_frame: f64,
     pub tracking_frame: f64,
     /// Median per-stage times of the static frames.
-    pub static_stages: super::StageTimings,
+    pub static_stages: crate::model::StageTimings,
     pub images: usize,
     pub iters: usize,
-}
-
-/// The median of `values` (sorted in place) as every figure of the project
-/// reports it: [`crate::stats::median`], nearest rank (the lower middle of an
-/// even count); NaN when empty.
-pub fn median(values: &mut [f64]) -> f64 {
-    crate::stats::median(values)
 }
 
 /// Runs the bench: `iters` forward passes per net, and `iters` frames per
@@ -289,7 +295,7 @@ pub fn run(
         nets_split,
         static_frame: median(&mut static_times),
         tracking_frame: median(&mut tracking_times),
-        static_stages: super::StageTimings {
+        static_stages: crate::model::StageTimings {
             pose_detection: a,
             pose_landmark: b,
             face_detection: c,
@@ -365,10 +371,12 @@ impl BenchReport {
 }
 
 /// Frames per second of `workers` threads, each with its own [`Holistic`] on
-/// `backend`, each processing `frames` frames (cycling through `images`) in
-/// `mode`; timed from a common start once all have loaded their nets.
+/// `backend` with the `branches` policy, each processing `frames` frames
+/// (cycling through `images`) in `mode`; timed from a common start once all
+/// have loaded their nets.
 pub fn throughput(
     backend: Backend,
+    branches: Branches,
     images: &[RgbImage],
     workers: usize,
     frames: usize,
@@ -383,8 +391,7 @@ pub fn throughput(
         .map(|_| {
             let (images, barrier) = (images.clone(), barrier.clone());
             std::thread::spawn(move || -> Result<(), ModelError> {
-                let loaded = Holistic::load(backend)
-                    .and_then(|h| Ok(h.with_branches(super::pipeline::Branches::from_env()?)));
+                let loaded = Holistic::load(backend).map(|h| h.with_branches(branches));
                 // Wait even when loading failed, so the others are not stuck.
                 barrier.wait();
                 let holistic = loaded?;
@@ -574,6 +581,163 @@ impl std::fmt::Display for Comparison {
     }
 }
 
+/// `holistream bench`: per-net and per-frame medians beside MediaPipe's.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Images to run (default: the photos of ../shared/testdata/images).
+    #[arg(long, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// Iterations per net and per image and mode.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Nets backends to measure, comma separated (`burn` is the generated
+    /// `flex` code, `fused` our kernels).
+    #[arg(long, value_delimiter = ',', default_value = "burn,fused")]
+    pub nets: Vec<Backend>,
+    /// Frames per worker for the throughput rows; 0 skips them.
+    #[arg(long, default_value_t = 20)]
+    pub throughput_frames: usize,
+    /// Print where the fused kernels' time goes, per net and layer kind.
+    #[arg(long)]
+    pub profile: bool,
+    /// A Python with mediapipe==0.10.14 (and ai-edge-litert for the per-net
+    /// rows): MediaPipe is then measured on the same images in the same run;
+    /// without it the ratios use reference figures for this kind of machine.
+    #[arg(long, value_name = "PYTHON")]
+    pub mediapipe: Option<PathBuf>,
+}
+
+/// Runs `holistream bench`.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let paths = if args.images.is_empty() {
+        let dir = Path::new(TESTDATA).join("images");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        v
+    } else {
+        args.images.clone()
+    };
+    let images = paths
+        .iter()
+        .map(|p| load_image(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // MediaPipe first, so neither side runs beside the other's threads.
+    let mediapipe = match &args.mediapipe {
+        Some(python) => {
+            MediaPipeTimes::measure(python, &paths, args.iters).context("measuring MediaPipe")?
+        }
+        None => MediaPipeTimes::reference(),
+    };
+    let mut comparison = Comparison {
+        reports: Vec::new(),
+        throughput: Vec::new(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mediapipe,
+        mediapipe_throughput: Vec::new(),
+    };
+    let branches = ModelConfig::from_env()?.parallel_branches;
+    for &backend in &args.nets {
+        let holistic = Holistic::load(backend)
+            .map(|h| h.with_branches(branches))
+            .with_context(|| format!("loading the nets on {}", backend.name()))?;
+        let report = run(&holistic, &images, args.iters)?;
+        eprintln!(
+            "{}: static frame {:.2} ms",
+            backend.name(),
+            report.static_frame
+        );
+        comparison.reports.push((backend, report));
+    }
+    if args.throughput_frames > 0 {
+        let mut workers = vec![1, comparison.cores];
+        workers.dedup();
+        for &backend in &args.nets {
+            for &n in &workers {
+                for mode in [Mode::Static, Mode::Tracking] {
+                    let fps =
+                        throughput(backend, branches, &images, n, args.throughput_frames, mode)?;
+                    comparison.throughput.push(ThroughputRow {
+                        backend,
+                        workers: n,
+                        mode,
+                        fps,
+                    });
+                }
+            }
+        }
+        if let Some(python) = &args.mediapipe {
+            for &n in &workers {
+                for mode in [Mode::Static, Mode::Tracking] {
+                    let fps = MediaPipeTimes::measure_throughput(
+                        python,
+                        &paths,
+                        n,
+                        args.throughput_frames,
+                        mode,
+                    )
+                    .context("measuring MediaPipe's throughput")?;
+                    comparison.mediapipe_throughput.push((n, mode, fps));
+                }
+            }
+        }
+    }
+    println!("{comparison}");
+    if args.profile {
+        print_profile()?;
+    }
+    Ok(())
+}
+
+/// Per net: the fused kernels' time by layer kind (sum of per-layer minima
+/// over a few runs, so scheduling noise does not pile up).
+fn print_profile() -> anyhow::Result<()> {
+    let nets = holistream_nets::FusedNets::load()?;
+    println!(
+        "== fused kernels, where the time goes ({})",
+        nets.isa().name()
+    );
+    for net in Net::ALL {
+        let (h, w) = net.input_size();
+        let input = vec![0.5f32; h * w * 3];
+        let runs = (0..10)
+            .map(|_| nets.profile(net, &input))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_kind: Vec<(String, f64)> = Vec::new();
+        let mut total = 0.0;
+        for (i, (name, _)) in runs[0].iter().enumerate() {
+            let best = runs
+                .iter()
+                .map(|r| r[i].1.as_secs_f64() * 1e3)
+                .fold(f64::INFINITY, f64::min);
+            total += best;
+            // "pointwise k=24 64x64x144" -> "pointwise"; "depthwise 3x3/1 ..." -> "depthwise 3x3/1".
+            let kind = name.rsplit_once(' ').map_or(name.as_str(), |(k, _)| k);
+            let kind = kind.split(" k=").next().unwrap_or(kind).to_string();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, t)) => *t += best,
+                None => by_kind.push((kind, best)),
+            }
+        }
+        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let parts: Vec<String> = by_kind
+            .iter()
+            .take(6)
+            .map(|(k, t)| format!("{k} {:.0}%", 100.0 * t / total))
+            .collect();
+        println!(
+            "{:<28} {:6.2} ms ({} layers): {}",
+            net.name(),
+            total,
+            runs[0].len(),
+            parts.join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,12 +769,5 @@ mod tests {
         assert_eq!(super::ratio(None, Some(2.0)), "-");
         assert_eq!(super::ratio(Some(1.0), Some(0.0)), "-");
         assert_eq!(super::ms(None), "-");
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.0);
-        assert!(super::median(&mut []).is_nan());
     }
 }

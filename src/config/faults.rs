@@ -4,6 +4,9 @@
 //! job, the probability that the worker thread panics, hangs for a while, or is
 //! slowed down before its forward pass. It is set at start-up (`--faults`) and
 //! can be replaced at run time (`POST /admin/faults`).
+//!
+//! The plan and its parsing only; the workers apply it
+//! (`actors::job::run_frame`), `/admin/faults` replaces it.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,8 @@
-//! `holistream worker`: remote inference workers for gateways started with
-//! `serve --pool redis`.
+//! The worker side of the remote pool: the threads of a `holistream worker`
+//! process, each a consumer of the jobs stream, for gateways started with
+//! `serve --pool redis`. Owns taking, leasing, running (through
+//! [`run_frame`], as the in-process workers do) and answering jobs; the
+//! encodings are `wire`'s, the command line and signals `commands::worker`'s.
 //!
 //! One process runs `--workers N` pipeline threads. Each thread owns its
 //! model instance and a blocking Redis connection, and is one consumer
@@ -9,8 +12,8 @@
 //!    one job: a killed process loses at most N frames);
 //! 2. a job past its deadline (entry timestamp + `ttl_ms`, on Redis's clock)
 //!    is not run: answered `expired`;
-//! 3. otherwise decode, pipeline, serialise (the same steps as the in-process
-//!    pool), then `XADD` the result to the gateway's result stream, `EXPIRE`
+//! 3. otherwise decode, pipeline, serialise ([`run_frame`], as the
+//!    in-process pool), then `XADD` the result to the gateway's result stream, `EXPIRE`
 //!    it and `XACK` the job, in one `MULTI`;
 //! 4. every second, `XGROUP CREATECONSUMER` keeps the thread listed in the
 //!    group even while no job comes (Redis adds a consumer only when a read
@@ -26,16 +29,17 @@
 //! `--claim-idle-ms`), so only the jobs of a process that stopped renewing
 //! (killed, frozen, cut off from Redis) are ever taken over.
 //!
-//! The wire format is documented in [`crate::actors::remote`].
+//! The wire format is documented in [`super::wire`].
 //!
 //! Threads and not async tasks: the work is CPU-bound and each thread owns a
 //! `Holistic`, which is `Send` but not `Sync`; a blocking connection per
 //! thread keeps one job per consumer with no executor in between. Stopping:
 //! ctrl-c or SIGTERM cancels a `CancellationToken`; each thread finishes the
 //! job it holds, sees the token within `--block-ms`, and leaves the group.
+//!
+//! Must not know of sessions or HTTP: a job carries everything a thread needs.
 
 use std::collections::BTreeSet;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,60 +48,33 @@ use parking_lot::Mutex;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::remote::{
-    EntryId, JOBS_STREAM, RESULTS_MAXLEN, RESULTS_TTL_S, WORKERS_GROUP, WireJob, WireOutcome,
-    WireResult, WorkerTimings, create_group_cmd, group_exists, results_stream,
+use super::wire::{EntryId, WireJob, WireOutcome, WireResult};
+use super::{
+    JOBS_STREAM, RESULTS_MAXLEN, RESULTS_TTL_S, WORKERS_GROUP, create_group_cmd, group_exists,
+    results_stream,
 };
-use crate::model::image_input::{DecodeLimits, decode_image_with};
-use crate::model::{Holistic, ProcessOptions};
+use crate::actors::job::{FrameFailure, run_frame};
+use crate::config::{DecodeLimits, Fault, ModelConfig, WorkerConfig};
+use crate::model::{Holistic, ModelError};
 
-/// Flags of `holistream worker`; each also reads the environment variable
-/// named beside it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WorkerArgs {
-    /// Redis holding the jobs stream (the gateways' `REDIS_URL`).
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: String,
-    /// Pipeline threads, each with its own model (default: number of cores).
-    #[arg(long, env = "HOLISTREAM_WORKERS")]
-    pub workers: Option<usize>,
-    /// Name of this process in the consumer group (default: host name, pid
-    /// and a random suffix). Must be unique among running workers.
-    #[arg(long, env = "HOLISTREAM_WORKER_NAME")]
-    pub name: Option<String>,
-    /// A job pending this long on another consumer is taken over
-    /// (`XAUTOCLAIM`); longer than the slowest forward pass.
-    #[arg(long, env = "HOLISTREAM_CLAIM_IDLE_MS", default_value_t = 2000)]
-    pub claim_idle_ms: u64,
-    /// Longest wait of one `XREADGROUP`; bounds how late a stop is seen.
-    #[arg(long, default_value_t = 1000)]
-    pub block_ms: u64,
-    /// Largest frame accepted, in either orientation (the gateways'
-    /// `pool.max_frame_width`); bigger frames are answered `bad_frame`
-    /// before any pixel is decoded. At most 4096.
-    #[arg(long, env = "HOLISTREAM_MAX_FRAME_WIDTH", default_value_t = 1920)]
-    pub max_frame_width: u32,
-    /// See `--max-frame-width`.
-    #[arg(long, env = "HOLISTREAM_MAX_FRAME_HEIGHT", default_value_t = 1080)]
-    pub max_frame_height: u32,
-}
-
-/// Errors of the worker command.
+/// Errors of starting the worker threads.
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("invalid worker configuration: {0}")]
-    Config(String),
+pub enum ConsumerError {
     #[error("the Redis URL is not valid: {0}")]
-    RedisUrl(redis::RedisError),
-    #[error("loading the model for thread {thread} failed: {message}")]
-    Model { thread: usize, message: String },
-    #[error("cannot start the signal handler: {0}")]
-    Runtime(std::io::Error),
+    RedisUrl(#[source] redis::RedisError),
+    #[error("the worker configuration has no Redis URL")]
+    NoRedisUrl,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("loading the model for thread {thread} failed: {source}")]
+    Model { thread: usize, source: ModelError },
+    #[error("cannot spawn a worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
 }
 
 /// What each thread counts; logged when the process stops.
 #[derive(Debug, Default)]
-pub struct WorkerCounters {
+pub struct ConsumerCounters {
     pub done: AtomicU64,
     pub expired: AtomicU64,
     pub lost: AtomicU64,
@@ -107,86 +84,56 @@ pub struct WorkerCounters {
 }
 
 /// Settings shared by the threads.
-struct WorkerContext {
+struct ConsumerContext {
     client: redis::Client,
     name: String,
     claim_idle: Duration,
     block: Duration,
     shutdown: CancellationToken,
-    counters: WorkerCounters,
+    counters: ConsumerCounters,
     decode_limits: DecodeLimits,
+    /// The nets and branch policy of every thread's model.
+    model: ModelConfig,
     /// `(consumer, entry id)` of every job a thread of this process holds;
     /// renewed by [`lease_thread`].
     held: Mutex<BTreeSet<(String, String)>>,
 }
 
-/// Runs the worker process until ctrl-c or SIGTERM.
-pub fn run(args: &WorkerArgs) -> Result<(), WorkerError> {
-    let shutdown = CancellationToken::new();
-    // One runtime thread of its own: the signal task must run while this
-    // thread blocks on the workers.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(WorkerError::Runtime)?;
-    let signal = runtime.spawn(crate::http::shutdown::cancel_on_signal(shutdown.clone()));
-    let result = run_until(args, shutdown.clone());
-    shutdown.cancel();
-    let _ = runtime.block_on(signal);
-    result
-}
-
 /// Runs the worker threads until `shutdown` is cancelled (or every thread
 /// ended), then waits for them to finish the jobs they hold.
-pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let threads = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 || threads > 256 {
-        return Err(WorkerError::Config(format!(
-            "--workers must be in 1..=256, got {threads}"
-        )));
-    }
-    if args.block_ms == 0 || args.claim_idle_ms == 0 {
-        return Err(WorkerError::Config(
-            "--block-ms and --claim-idle-ms must be positive".into(),
-        ));
-    }
-    let name = match &args.name {
-        Some(n) if !n.is_empty() && !n.contains(char::is_whitespace) => n.clone(),
-        Some(n) => {
-            return Err(WorkerError::Config(format!(
-                "--name {n:?} is empty or has spaces"
-            )));
-        }
-        None => default_name(),
-    };
-    let decode_limits = DecodeLimits::new(args.max_frame_width, args.max_frame_height)
-        .map_err(|e| WorkerError::Config(format!("--max-frame-width/--max-frame-height: {e}")))?;
-    let client = redis::Client::open(args.redis_url.as_str()).map_err(WorkerError::RedisUrl)?;
-    let ctx = Arc::new(WorkerContext {
+pub fn serve_jobs(
+    cfg: &WorkerConfig,
+    model: &ModelConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let threads = cfg.threads;
+    let name = cfg.name.clone().unwrap_or_else(default_name);
+    let decode_limits = cfg.decode_limits()?;
+    let url = cfg.redis_url.as_deref().ok_or(ConsumerError::NoRedisUrl)?;
+    let client = redis::Client::open(url).map_err(ConsumerError::RedisUrl)?;
+    let ctx = Arc::new(ConsumerContext {
         decode_limits,
+        model: *model,
         client,
         name,
-        claim_idle: Duration::from_millis(args.claim_idle_ms),
-        block: Duration::from_millis(args.block_ms),
+        claim_idle: cfg.claim_idle(),
+        block: cfg.block(),
         shutdown,
-        counters: WorkerCounters::default(),
+        counters: ConsumerCounters::default(),
         held: Mutex::new(BTreeSet::new()),
     });
 
     // Load every model before taking the first job, so a broken build fails
     // at start instead of answering every job `failed`.
     let mut handles = Vec::with_capacity(threads);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<(), ModelError>)>();
     for i in 0..threads {
         let ctx = ctx.clone();
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("remote-worker-{i}"))
             .spawn(move || worker_thread(ctx, i, ready))
-            .map_err(|e| WorkerError::Config(format!("cannot spawn thread: {e}")))?;
+            .map_err(ConsumerError::Spawn)?;
         handles.push(handle);
     }
     drop(ready_tx);
@@ -195,14 +142,14 @@ pub fn run_until(args: &WorkerArgs, shutdown: CancellationToken) -> Result<(), W
         std::thread::Builder::new()
             .name("remote-worker-lease".into())
             .spawn(move || lease_thread(&ctx))
-            .map_err(|e| WorkerError::Config(format!("cannot spawn thread: {e}")))?
+            .map_err(ConsumerError::Spawn)?
     };
     let mut first_error = None;
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok((_, Ok(()))) => {}
-            Ok((thread, Err(message))) => {
-                first_error.get_or_insert(WorkerError::Model { thread, message });
+            Ok((thread, Err(source))) => {
+                first_error.get_or_insert(ConsumerError::Model { thread, source });
             }
             Err(_) => break,
         }
@@ -281,7 +228,7 @@ const FORGET_IDLE_CONSUMER: Duration = Duration::from_secs(60);
 /// Renews the jobs the threads of this process hold, so that the other
 /// workers' `XAUTOCLAIM` never takes a job from a live worker whose forward
 /// pass is slow. Runs until the token is cancelled.
-fn lease_thread(ctx: &WorkerContext) {
+fn lease_thread(ctx: &ConsumerContext) {
     let every = (ctx.claim_idle / 4).max(Duration::from_millis(10));
     let mut con: Option<redis::Connection> = None;
     while !ctx.shutdown.is_cancelled() {
@@ -329,7 +276,7 @@ struct Holding<'a> {
 }
 
 impl<'a> Holding<'a> {
-    fn new(ctx: &'a WorkerContext, consumer: &str, id: &str) -> Holding<'a> {
+    fn new(ctx: &'a ConsumerContext, consumer: &str, id: &str) -> Holding<'a> {
         let key = (consumer.to_string(), id.to_string());
         ctx.held.lock().insert(key.clone());
         Holding {
@@ -346,14 +293,14 @@ impl Drop for Holding<'_> {
 }
 
 fn worker_thread(
-    ctx: Arc<WorkerContext>,
+    ctx: Arc<ConsumerContext>,
     index: usize,
-    ready: std::sync::mpsc::Sender<(usize, Result<(), String>)>,
+    ready: std::sync::mpsc::Sender<(usize, Result<(), ModelError>)>,
 ) {
-    let mut holistic = match Holistic::load_default() {
+    let mut holistic = match Holistic::load_with(&ctx.model) {
         Ok(h) => h,
         Err(e) => {
-            let _ = ready.send((index, Err(e.to_string())));
+            let _ = ready.send((index, Err(e)));
             return;
         }
     };
@@ -397,7 +344,7 @@ fn worker_thread(
     }
 }
 
-fn connect(ctx: &WorkerContext) -> redis::RedisResult<redis::Connection> {
+fn connect(ctx: &ConsumerContext) -> redis::RedisResult<redis::Connection> {
     let mut con = ctx
         .client
         .get_connection_with_timeout(Duration::from_secs(2))?;
@@ -418,7 +365,7 @@ fn wait_or_stop(shutdown: &CancellationToken, d: Duration) {
 }
 
 struct ThreadState<'a> {
-    ctx: &'a WorkerContext,
+    ctx: &'a ConsumerContext,
     consumer: &'a str,
     holistic: &'a mut Holistic,
     clock: RedisClock,
@@ -601,61 +548,40 @@ impl ThreadState<'_> {
             .query::<()>(con)
     }
 
-    /// Decode, pipeline and serialise one frame, as the in-process pool does.
+    /// Runs one frame ([`run_frame`], as the in-process pool does); after a
+    /// panic the model is reloaded, since it may be half-way through a
+    /// mutation.
     fn process(&mut self, job: &WireJob, queue_ms: f64) -> WireOutcome {
         // A copy of the `&'a` context, so counting does not borrow `self`.
         let ctx = self.ctx;
         let counters = &ctx.counters;
-        let holistic = &*self.holistic;
         let mut tracking = job.tracking.clone();
-        let run = catch_unwind(AssertUnwindSafe(|| {
-            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            let image = match decode_image_with(&job.jpeg, &ctx.decode_limits) {
-                Ok(i) => i,
-                Err(e) => return WireOutcome::BadFrame(e.to_string()),
-            };
-            let decode_ms = ms(t);
-            let t = Instant::now();
-            let opts = ProcessOptions {
-                mode: job.mode,
-                parts: job.parts,
-                timestamp_us: job.timestamp_us,
-            };
-            let result = match holistic.process(&image, &opts, &mut tracking) {
-                Ok(r) => r,
-                Err(e) => return WireOutcome::Failed(e.to_string()),
-            };
-            let infer_ms = ms(t);
-            let t = Instant::now();
-            let landmarks = crate::actors::worker::landmarks_json(&result);
-            WireOutcome::Ok {
-                landmarks,
-                tracking: tracking.clone(),
-                timings: WorkerTimings {
-                    queue_ms,
-                    decode_ms,
-                    infer_ms,
-                    serialize_ms: ms(t),
-                },
-            }
-        }));
-        match run {
-            Ok(outcome) => {
-                match &outcome {
-                    WireOutcome::Ok { .. } => counters.done.fetch_add(1, Ordering::Relaxed),
-                    _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+        let queued = Duration::from_secs_f64(queue_ms / 1e3);
+        let run = run_frame(
+            &*self.holistic,
+            &ctx.decode_limits,
+            &job.jpeg,
+            &job.opts,
+            &mut tracking,
+            queued,
+            Fault::None,
+        );
+        let outcome = match run {
+            Ok(run) => {
+                counters.done.fetch_add(1, Ordering::Relaxed);
+                return WireOutcome::Ok {
+                    landmarks: run.landmarks,
+                    tracking,
+                    timings: run.timings,
                 };
-                outcome
             }
-            Err(_) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
+            Err(FrameFailure::BadFrame(m)) => WireOutcome::BadFrame(m),
+            Err(FrameFailure::WorkerPanicked) => {
                 tracing::error!(
                     consumer = self.consumer,
                     "pipeline panicked; reloading the model"
                 );
-                // The model may be half-way through a mutation: start afresh.
-                match Holistic::load_default() {
+                match Holistic::load_with(&ctx.model) {
                     Ok(h) => *self.holistic = h,
                     Err(e) => {
                         tracing::error!(error = %e, "reloading the model failed; stopping this worker");
@@ -664,7 +590,10 @@ impl ThreadState<'_> {
                 }
                 WireOutcome::Failed("the pipeline panicked on this frame".into())
             }
-        }
+            Err(failure) => WireOutcome::Failed(failure.to_string()),
+        };
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        outcome
     }
 }
 

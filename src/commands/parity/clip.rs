@@ -1,6 +1,8 @@
 //! A clip in tracking mode against MediaPipe's frame-by-frame goldens
 //! (`holistream parity --video`): MJPEG splitting, per-part presence and
 //! error over the frames, with one frame compared as the parent does.
+//!
+//! Measures only; it must not tune the pipeline to the goldens.
 
 use super::*;
 

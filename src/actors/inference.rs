@@ -1,5 +1,8 @@
-//! Inference workers: a ractor actor per worker, in front of one OS thread
-//! that owns the worker's model instance and does all the CPU work.
+//! The in-process inference workers: a ractor actor per worker, in front of
+//! one OS thread that owns the worker's model instance and does all the CPU
+//! work (through [`run_frame`], as the remote workers do). Owns the model
+//! threads, their supervision and the census of abandoned ones; the queue and
+//! its discards are the pool's (`pool`), the job's types are `job`'s.
 //!
 //! Why a dedicated thread per worker rather than `spawn_blocking`:
 //! - the model (`Holistic`, burn modules) is `Send` but not `Sync` and is
@@ -28,7 +31,6 @@
 //! its jobs `unavailable` (no restart, no new thread) and the pool reports
 //! not ready, until an abandoned thread has ended and the next job staffs it.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -39,21 +41,21 @@ use ractor::factory::{FactoryMessage, Job, Worker, WorkerId};
 use ractor::{ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use super::faults::{Fault, FaultPlan};
-use super::pool::{FrameDone, FrameFailure, FrameJob, FrameKey, FrameOutput, PoolJob};
-use super::protocol::{FrameTimings, result_json};
-use crate::http::Metrics;
-use crate::model::image_input::{DecodeLimits, decode_image_with};
-use crate::model::{Holistic, HolisticResult, ProcessOptions, TrackingState};
+use super::job::{FrameDone, FrameFailure, FrameJob, FrameKey, FrameOutput, PoolJob, run_frame};
+use crate::config::{DecodeLimits, FaultPlan, ModelConfig};
+use crate::metrics::Metrics;
+use crate::model::Holistic;
 
 /// What all workers of a pool share.
-pub(crate) struct WorkerShared {
+pub(crate) struct InferenceShared {
     pub(crate) metrics: Metrics,
     pub(crate) faults: Arc<RwLock<FaultPlan>>,
     pub(crate) stall_deadline: Duration,
     pub(crate) census: ThreadCensus,
     /// Largest frame decoded (`pool.max_frame_width` x `max_frame_height`).
     pub(crate) decode_limits: DecodeLimits,
+    /// The nets and the branch policy of every model thread.
+    pub(crate) model: ModelConfig,
 }
 
 /// Counts abandoned model threads still alive, and workers left without a
@@ -102,7 +104,7 @@ const EXITED: u8 = 2;
 /// Shared between a model thread and its handle.
 struct ThreadFate {
     state: AtomicU8,
-    shared: Arc<WorkerShared>,
+    shared: Arc<InferenceShared>,
 }
 
 impl ThreadFate {
@@ -140,15 +142,28 @@ struct ThreadJob {
     answer: oneshot::Sender<ThreadAnswer>,
 }
 
-enum ThreadAnswer {
-    Done(FrameDone),
-    Panicked(String),
+/// A thread's answer: the job's, and whether the thread retired after it
+/// (the pipeline panicked: its model may be half-way through a mutation).
+struct ThreadAnswer {
+    done: FrameDone,
+    retired: bool,
+}
+
+/// Why a model thread has no model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelThreadError {
+    #[error("loading the model failed: {0}")]
+    Load(String),
+    #[error("cannot spawn the model thread: {0}")]
+    Spawn(String),
+    #[error("the model thread died while loading")]
+    Died,
 }
 
 enum Readiness {
-    Loading(oneshot::Receiver<Result<(), String>>),
+    Loading(oneshot::Receiver<Result<(), ModelThreadError>>),
     Ready,
-    Failed(String),
+    Failed(ModelThreadError),
 }
 
 /// The OS thread of one worker, owning its model instance.
@@ -165,7 +180,7 @@ pub struct ModelThread {
 
 impl ModelThread {
     /// Starts the thread; it loads its model right away.
-    pub(crate) fn spawn(wid: usize, shared: Arc<WorkerShared>) -> ModelThread {
+    pub(crate) fn spawn(wid: usize, shared: Arc<InferenceShared>) -> ModelThread {
         // Capacity 1: the worker sends one job and waits for its answer.
         let (jobs, rx) = mpsc::sync_channel::<ThreadJob>(1);
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -182,7 +197,7 @@ impl ModelThread {
             });
         let ready = match spawned {
             Ok(_detached) => Readiness::Loading(ready_rx),
-            Err(e) => Readiness::Failed(format!("cannot spawn thread: {e}")),
+            Err(e) => Readiness::Failed(ModelThreadError::Spawn(e.to_string())),
         };
         ModelThread {
             wid,
@@ -193,33 +208,33 @@ impl ModelThread {
     }
 
     /// Waits until the model is loaded.
-    pub(crate) async fn wait_ready(&mut self) -> Result<(), String> {
+    pub(crate) async fn wait_ready(&mut self) -> Result<(), ModelThreadError> {
         if let Readiness::Loading(rx) = &mut self.ready {
             self.ready = match rx.await {
                 Ok(Ok(())) => Readiness::Ready,
-                Ok(Err(message)) => Readiness::Failed(message),
-                Err(_) => Readiness::Failed("model thread died while loading".into()),
+                Ok(Err(e)) => Readiness::Failed(e),
+                Err(_) => Readiness::Failed(ModelThreadError::Died),
             };
         }
         match &self.ready {
             Readiness::Ready => Ok(()),
-            Readiness::Failed(message) => Err(message.clone()),
+            Readiness::Failed(e) => Err(e.clone()),
             Readiness::Loading(_) => unreachable!("resolved above"),
         }
     }
 }
 
 fn model_thread(
-    shared: Arc<WorkerShared>,
+    shared: Arc<InferenceShared>,
     jobs: mpsc::Receiver<ThreadJob>,
-    ready: oneshot::Sender<Result<(), String>>,
+    ready: oneshot::Sender<Result<(), ModelThreadError>>,
 ) {
     let started = Instant::now();
-    let holistic = match Holistic::load_default() {
+    let holistic = match Holistic::load_with(&shared.model) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "loading the Holistic model failed");
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(ModelThreadError::Load(e.to_string())));
             return;
         }
     };
@@ -235,137 +250,74 @@ fn model_thread(
     }) = jobs.recv()
     {
         let fault = shared.faults.read().draw();
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            process_frame(
-                &holistic,
-                &shared.metrics,
-                &shared.decode_limits,
-                frame,
-                queued,
-                fault,
-            )
-        }));
-        match outcome {
-            Ok(done) => {
-                let _ = answer.send(ThreadAnswer::Done(done));
-            }
-            Err(payload) => {
-                let message = panic_message(&*payload);
-                let _ = answer.send(ThreadAnswer::Panicked(message));
-                // The model may be half-way through a mutation; this thread
-                // and its model retire with the worker.
-                return;
-            }
+        let done = process_frame(&holistic, &shared, frame, queued, fault);
+        let retired = matches!(done.outcome, Err(FrameFailure::WorkerPanicked));
+        let _ = answer.send(ThreadAnswer { done, retired });
+        if retired {
+            // The model may be half-way through a mutation; this thread
+            // and its model retire with the worker.
+            return;
         }
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic".into()
-    }
-}
-
-/// Decode, run the pipeline and serialise one frame (on the worker thread).
+/// One frame on the worker thread: [`run_frame`], then the `result`
+/// message or the failure with the state [`FrameFailure::tracking_after`]
+/// leaves.
 fn process_frame(
     holistic: &Holistic,
-    metrics: &Metrics,
-    limits: &DecodeLimits,
+    shared: &InferenceShared,
     frame: FrameJob,
     queued: Duration,
-    fault: Fault,
+    fault: crate::config::Fault,
 ) -> FrameDone {
-    match fault {
-        Fault::None => {}
-        Fault::Panic => panic!("injected fault: inference worker panic"),
-        Fault::Stall(d) | Fault::Slow(d) => std::thread::sleep(d),
-    }
+    let opts = frame.options();
     let FrameJob {
         seq,
         capture_ts,
         arrived,
         jpeg,
-        parts,
-        mode,
-        timestamp_us,
         mut tracking,
         ..
     } = frame;
-
-    let t_decode = Instant::now();
-    let image = match decode_image_with(&jpeg, limits) {
-        Ok(image) => image,
-        Err(e) => {
-            return FrameDone {
+    let run = run_frame(
+        holistic,
+        &shared.decode_limits,
+        &jpeg,
+        &opts,
+        &mut tracking,
+        queued,
+        fault,
+    );
+    match run {
+        Ok(run) => {
+            shared
+                .metrics
+                .inference_seconds
+                .observe(run.timings.infer_ms / 1e3);
+            FrameDone {
                 seq,
                 tracking: Some(tracking),
-                outcome: Err(FrameFailure::BadFrame(e.to_string())),
-            };
+                outcome: Ok(FrameOutput::new(
+                    seq,
+                    capture_ts,
+                    arrived,
+                    &run.landmarks,
+                    run.timings,
+                )),
+            }
         }
-    };
-    let decode = t_decode.elapsed();
-
-    let t_infer = Instant::now();
-    let opts = ProcessOptions {
-        mode,
-        parts,
-        timestamp_us,
-    };
-    let result = holistic.process(&image, &opts, &mut tracking);
-    let infer = t_infer.elapsed();
-    metrics.inference_seconds.observe(infer.as_secs_f64());
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(seq, error = %e, "pipeline failed on a frame");
-            return FrameDone {
-                seq,
-                // The state may describe a half-processed frame: start over.
-                tracking: Some(TrackingState::default()),
-                outcome: Err(FrameFailure::Inference),
-            };
-        }
-    };
-
-    let t_ser = Instant::now();
-    let body = landmarks_json(&result);
-    let serialize = t_ser.elapsed();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let timings = FrameTimings {
-        queue_ms: ms(queued),
-        decode_ms: ms(decode),
-        infer_ms: ms(infer),
-        serialize_ms: ms(serialize),
-        total_ms: ms(arrived.elapsed()),
-    };
-    FrameDone {
-        seq,
-        tracking: Some(tracking),
-        outcome: Ok(FrameOutput {
-            json: result_json(seq, capture_ts, &timings, &body),
-            timings,
-        }),
+        Err(failure) => FrameDone {
+            seq,
+            tracking: Some(failure.tracking_after(tracking)),
+            outcome: Err(failure),
+        },
     }
-}
-
-/// The landmark fields of a result as JSON object members (no braces).
-pub(crate) fn landmarks_json(result: &HolisticResult) -> String {
-    // unwrap: landmarks are plain structs of f32 (non-finite values become null).
-    let object = serde_json::to_string(result).unwrap();
-    object
-        .strip_prefix('{')
-        .and_then(|s| s.strip_suffix('}'))
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The ractor worker: the actor side of one inference worker.
 pub struct InferenceWorker {
-    shared: Arc<WorkerShared>,
+    shared: Arc<InferenceShared>,
 }
 
 /// State of an [`InferenceWorker`].
@@ -379,7 +331,7 @@ pub struct InferenceWorkerState {
     exit_counted: bool,
     /// Counted in the census as a worker without a thread.
     unstaffed: bool,
-    shared: Arc<WorkerShared>,
+    shared: Arc<InferenceShared>,
 }
 
 impl InferenceWorkerState {
@@ -496,11 +448,11 @@ impl Worker for InferenceWorker {
         }
         // unwrap: staffed just above.
         let thread = state.thread.as_mut().unwrap();
-        if let Err(message) = thread.wait_ready().await {
+        if let Err(e) = thread.wait_ready().await {
             job.msg.frame = Some(frame);
             job.msg.fail(FrameFailure::Inference);
             state.exit_counted = true;
-            return Err(format!("worker {wid}: model unavailable: {message}").into());
+            return Err(format!("worker {wid}: model unavailable: {e}").into());
         }
 
         let (answer, answered) = oneshot::channel();
@@ -521,15 +473,25 @@ impl Worker for InferenceWorker {
         }
 
         match tokio::time::timeout(self.shared.stall_deadline, answered).await {
-            Ok(Ok(ThreadAnswer::Done(done))) => {
+            Ok(Ok(ThreadAnswer {
+                done,
+                retired: false,
+            })) => {
                 job.msg.answer(done);
                 Ok(key)
             }
-            Ok(Ok(ThreadAnswer::Panicked(message))) => {
-                tracing::warn!(worker = wid, seq, panic = %message, "inference thread panicked; replacing worker");
+            Ok(Ok(ThreadAnswer {
+                done,
+                retired: true,
+            })) => {
+                tracing::warn!(
+                    worker = wid,
+                    seq,
+                    "inference thread panicked; replacing worker"
+                );
                 self.count_restart(state, "panic");
-                job.msg.fail(FrameFailure::WorkerPanicked);
-                Err(format!("worker {wid} panicked: {message}").into())
+                job.msg.answer(done);
+                Err(format!("worker {wid} panicked").into())
             }
             Ok(Err(_)) => {
                 self.count_restart(state, "panic");
@@ -573,12 +535,12 @@ impl InferenceWorker {
 /// Builds workers for the factory: first the pre-loaded ones, then fresh
 /// replacements.
 pub(crate) struct InferenceWorkerBuilder {
-    shared: Arc<WorkerShared>,
+    shared: Arc<InferenceShared>,
     prepared: Vec<Option<ModelThread>>,
 }
 
 impl InferenceWorkerBuilder {
-    pub(crate) fn new(shared: Arc<WorkerShared>, prepared: Vec<ModelThread>) -> Self {
+    pub(crate) fn new(shared: Arc<InferenceShared>, prepared: Vec<ModelThread>) -> Self {
         InferenceWorkerBuilder {
             shared,
             prepared: prepared.into_iter().map(Some).collect(),
@@ -604,17 +566,18 @@ impl ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>>
 mod tests {
     use super::*;
 
-    fn shared(max_abandoned: usize) -> Arc<WorkerShared> {
-        Arc::new(WorkerShared {
+    fn shared(max_abandoned: usize) -> Arc<InferenceShared> {
+        Arc::new(InferenceShared {
             metrics: Metrics::new(),
             faults: Arc::new(RwLock::new(FaultPlan::none())),
             stall_deadline: Duration::from_millis(100),
             census: ThreadCensus::new(max_abandoned),
             decode_limits: DecodeLimits::CAMERA,
+            model: ModelConfig::default(),
         })
     }
 
-    fn fate(shared: &Arc<WorkerShared>) -> Arc<ThreadFate> {
+    fn fate(shared: &Arc<InferenceShared>) -> Arc<ThreadFate> {
         Arc::new(ThreadFate {
             state: AtomicU8::new(RUNNING),
             shared: shared.clone(),

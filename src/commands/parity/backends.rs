@@ -1,6 +1,8 @@
 //! The fused kernels against the generated burn code through the whole
 //! pipeline: how far each part moves between two backends (or instruction
 //! sets), against bounds set from the measured spread.
+//!
+//! Measures only; it must not tune the pipeline to the goldens.
 
 use super::*;
 

@@ -11,15 +11,22 @@
 //! Here: the goldens' format, one frame's comparison and the photo folder;
 //! [`clip`]: a clip in tracking mode; [`backends`]: two pipelines against
 //! each other.
+//!
+//! Tooling, not the pipeline: it compares `model`'s answers and changes nothing
+//! in it.
 
-use super::Backend;
-use super::pipeline::Branches;
-use super::{
-    Holistic, HolisticResult, Mode, ModelError, Parts, ProcessOptions, TrackingState, decode_image,
-};
-use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use super::{TESTDATA, load_holistic, load_image};
+use crate::config::Branches;
+use crate::model::{
+    Backend, Holistic, HolisticResult, Mode, ModelError, Parts, ProcessOptions, TrackingState,
+    decode_image,
+};
 
 mod backends;
 mod clip;
@@ -376,13 +383,11 @@ pub fn check_goldens(
         let golden: GoldenImage = parse(&path)?;
         let image_path = images_dir.join(&golden.image);
         // The test photos go up to 1920x1448: above a camera frame's limits.
-        let photo = &super::image_input::DecodeLimits::PHOTO;
-        let image =
-            super::image_input::decode_image_with(&read(&image_path)?, photo).map_err(|e| {
-                ParityError::Model {
-                    path: image_path.clone(),
-                    source: e.into(),
-                }
+        let photo = &crate::model::image_input::DecodeLimits::PHOTO;
+        let image = crate::model::image_input::decode_image_with(&read(&image_path)?, photo)
+            .map_err(|e| ParityError::Model {
+                path: image_path.clone(),
+                source: e.into(),
             })?;
         if image.dimensions() != (golden.width, golden.height) {
             return Err(ParityError::Data(format!(
@@ -416,6 +421,77 @@ pub fn check_goldens(
         });
     }
     Ok(ParityReport { images, thresholds })
+}
+
+/// `holistream parity DIR`: compares with MediaPipe's golden outputs; exits
+/// non-zero when a threshold is missed.
+#[derive(Debug, clap::Args)]
+pub struct ParityArgs {
+    /// Folder with `images/` and `golden/` (the format of ../shared/testdata).
+    #[arg(default_value = TESTDATA)]
+    pub dir: PathBuf,
+    /// Largest mean landmark error per part, as a fraction of the part's diagonal.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_mean_err: f64,
+    /// Also check tracking mode on this MJPEG clip…
+    #[arg(long, requires = "golden_video")]
+    pub video: Option<PathBuf>,
+    /// …against its tracking-mode golden JSON.
+    #[arg(long, requires = "video")]
+    pub golden_video: Option<PathBuf>,
+    /// Largest share of clip frames whose presence may differ, per part.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_presence_mismatch: f64,
+    /// Compare only the first N frames of the clip.
+    #[arg(long)]
+    pub video_frames: Option<usize>,
+}
+
+/// Runs `holistream parity`.
+pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
+    let holistic = load_holistic()?;
+    let thresholds = Thresholds {
+        max_mean_err: args.max_mean_err,
+    };
+    let report = check_dir(&holistic, &args.dir, thresholds)?;
+    println!("{report}");
+    let mut failed = !report.passed();
+    // The fused kernels against the generated burn code on the same photos:
+    // the only check of hands in still images (the in-repo photos show none).
+    let images = args.dir.join("images");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&images)
+        .with_context(|| format!("listing {}", images.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    let photos = paths
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            load_image(p).map(|image| (name, image))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let backends = check_fused_against_burn(&photos, Mode::Static)?;
+    println!("{backends}");
+    failed |= !backends.failures().is_empty();
+    if let (Some(video), Some(golden)) = (&args.video, &args.golden_video) {
+        let clip = check_clip(
+            &holistic,
+            video,
+            golden,
+            thresholds,
+            args.max_presence_mismatch,
+            args.video_frames,
+        )?;
+        println!("{clip}");
+        failed |= !clip.failures().is_empty();
+    }
+    if failed {
+        bail!("parity thresholds missed");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! The connection lists are MediaPipe's (`mediapipe/python/solutions/*_connections.py`,
 //! 0.10.14, Apache-2.0), the same pairs as `web/connections.js`; the face is
 //! drawn with its contours (lips, eyes, eyebrows, oval), not the full tessellation.
+//!
+//! Tooling for `infer --draw`; the pipeline never draws.
 
-use super::result::{HolisticResult, Landmark};
+use crate::model::{HolisticResult, Landmark};
 use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_line_segment_mut};
 

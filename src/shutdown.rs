@@ -1,5 +1,7 @@
 //! The one way the server stops: a signal (ctrl-c or SIGTERM) cancels the
 //! server's `CancellationToken`; everything else selects on that token.
+//!
+//! Plumbing below every layer: imports nothing from the crate.
 
 use tokio_util::sync::CancellationToken;
 
