@@ -250,6 +250,31 @@ fn tile_portable<const R: usize, const FMA: bool>(
     acc
 }
 
+/// `$step!(kk, i)` for each row `kk` of a packed panel, `i` being where the
+/// row is stored: every `kk < $k` in order (`$rows` is `None`, `i == kk`),
+/// or the rows a pruned panel kept (`$rows`, see [`PackedMatrix::panel`]).
+/// The loop both SIMD tiles run their FMAs in, written once; each tile keeps
+/// its own `step!` (its intrinsics and weight layout) and epilogue. A macro,
+/// not a function taking a closure, for the reason given in `tile_avx2`: it
+/// expands, token for token, to the `match` each tile had written out.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_each_row {
+    ($k:expr, $rows:expr, $step:ident) => {
+        match $rows {
+            None => {
+                for kk in 0..$k {
+                    $step!(kk, kk);
+                }
+            }
+            Some(rows) => {
+                for (i, &kk) in rows.iter().enumerate() {
+                    $step!(kk as usize, i);
+                }
+            }
+        }
+    };
+}
+
 /// Where a GEMM tile's results go, and what happens to them on the way.
 #[cfg(target_arch = "x86_64")]
 struct TileIo<'a> {
@@ -326,18 +351,7 @@ unsafe fn tile_avx2<const R: usize, const V: usize>(
                 }
             }};
         }
-        match rows {
-            None => {
-                for kk in 0..k {
-                    step!(kk, kk);
-                }
-            }
-            Some(rows) => {
-                for (i, &kk) in rows.iter().enumerate() {
-                    step!(kk as usize, i);
-                }
-            }
-        }
+        for_each_row!(k, rows, step);
         for r in 0..R {
             for v in 0..V {
                 let col = io.c0 + v * LANES;
@@ -520,18 +534,7 @@ unsafe fn tile_avx512<const R: usize, const V: usize>(
                 }
             }};
         }
-        match rows {
-            None => {
-                for kk in 0..k {
-                    step!(kk, kk);
-                }
-            }
-            Some(rows) => {
-                for (i, &kk) in rows.iter().enumerate() {
-                    step!(kk as usize, i);
-                }
-            }
-        }
+        for_each_row!(k, rows, step);
         for r in 0..R {
             for v in 0..V {
                 let col = tile.c0 + v * NR;
