@@ -1,6 +1,6 @@
 //! The activations fused into the end of a layer ([`Activation`]): applied to
 //! lane arrays in the portable kernels, and in AVX2 / AVX-512 registers
-//! ([`act_avx2`], [`act_avx512`]) by the SIMD tiles, with the same operations
+//! (`act_avx2`, `act_avx512`) by the SIMD tiles, with the same operations
 //! so every instruction set rounds alike; plus the elementwise layers made of
 //! them ([`add`], [`activate`]). It owns no weights and no loop over a layer's
 //! geometry: the GEMM, depthwise and resize kernels call in here per vector.

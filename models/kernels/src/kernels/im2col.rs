@@ -1,14 +1,16 @@
 //! The patch matrix of a dense convolution ([`im2col`]): every window of the
-//! input laid out as one row, so the convolution is a [`super::gemm`] of it
-//! with the packed weights. Plain copies, no arithmetic and no instruction
-//! set of its own; it must not know the weights' packing.
+//! input laid out as one row, so the convolution is a [`gemm`] of it with the
+//! packed weights. Plain copies, no arithmetic and no instruction set of its
+//! own; it must not know the weights' packing.
+//!
+//! [`gemm`]: fn@super::gemm
 
 use super::Window;
 
 /// Lays out every convolution window of `input` (`c` channels) as one row of
 /// `out`: `out[(oy * ow + ox) * K + (ky * kw + kx) * c + ch]`, zeros where the
 /// window hangs over the padding, `K = kh * kw * c`. A dense convolution is
-/// then a [`gemm`] of this matrix with the packed weights.
+/// then a [`gemm`](fn@super::gemm) of this matrix with the packed weights.
 pub fn im2col(input: &[f32], win: &Window, c: usize, out: &mut [f32]) {
     let (oh, ow) = win.output_size().expect("im2col: window does not fit");
     let k = win.kh * win.kw * c;

@@ -1,8 +1,8 @@
 //! The NHWC f32 layers, batch 1. Tensors are flat slices: pixel-major, channels
 //! innermost (`[(y * w + x) * c + ch]`).
 //!
-//! Each public kernel is a [`multiversion!`] function: the first argument is
-//! the [`Isa`] to run on. The hot loops work on fixed-size lane arrays
+//! Each public kernel is a [`multiversion!`](crate::multiversion) function: the first argument is
+//! the [`Isa`](crate::Isa) to run on. The hot loops work on fixed-size lane arrays
 //! (`[f32; NR]`, `[f32; LANES]`) that LLVM turns into vector registers.
 //! Shape arguments are checked with `assert!` at the top of each kernel: they
 //! come from [`crate::program`], which derives them from the graph, so a
@@ -11,10 +11,10 @@
 //! By concern, each file owning its layers' packed weights and hot loops:
 //! - [`activation`]: the fused activations (scalar, AVX2, AVX-512) and the
 //!   elementwise layers built on them (`add`, `activate`);
-//! - [`gemm`]: the dense GEMM (pointwise and im2col convolutions, fully
+//! - [`gemm`](mod@gemm): the dense GEMM (pointwise and im2col convolutions, fully
 //!   connected) on three instruction sets, with [`PackedMatrix`];
 //! - [`sparse`]: the GEMM of mostly zero pointwise weights, [`SparseMatrix`];
-//! - [`depthwise`]: depthwise convolution, whole and row by row;
+//! - [`depthwise`](mod@depthwise): depthwise convolution, whole and row by row;
 //! - [`im2col`](mod@im2col): the patch matrix a dense convolution's GEMM reads;
 //! - [`layout`]: the layers without weights that move or reduce pixels.
 //!

@@ -75,6 +75,8 @@ multiversion! {
     /// residual)`. Blocks of 32 pixels are transposed (`scratch`) so each
     /// non-zero weight multiplies 32 pixels at once, vectorized over pixels
     /// as XNNPACK's sparse inference does in NCHW.
+    ///
+    /// [`gemm`]: fn@super::gemm
     pub fn sparse_gemm(
         a: &[f32],
         m: usize,

@@ -164,4 +164,4 @@ fn work(layer: &Layer) -> usize {
 /// Layers with fewer multiply-adds than this run on one thread even when
 /// split (about 30 µs of work: below it the hand-off costs more than the
 /// second thread gains).
-const SPLIT_MIN_WORK: usize = 1 << 19;
+pub(super) const SPLIT_MIN_WORK: usize = 1 << 19;

@@ -14,7 +14,7 @@ use crate::kernels::{
 use crate::onnx::{Graph, Node, Tensor};
 
 /// Pointwise convolutions with at most this share of non-zero weights run on
-/// [`kernels::sparse_gemm`].
+/// [`crate::kernels::sparse_gemm`].
 const SPARSE_MAX_DENSITY: f32 = 0.4;
 
 fn unsupported<T>(node: &Node, what: impl std::fmt::Display) -> Result<T, LowerError> {

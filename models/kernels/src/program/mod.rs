@@ -14,8 +14,8 @@
 //!    has run (best fit), so a [`Scratch`] holds a handful of buffers that
 //!    live across frames.
 //!
-//! By concern: [`ir`] the layers and values every pass shares, [`lower`]
-//! step 1, [`fuse`] step 2, [`alloc`] step 3, [`run`] the execution. This
+//! By concern: `ir` the layers and values every pass shares, `lower` step
+//! 1, `fuse` step 2, `alloc` step 3, `run` the execution. This
 //! file holds the public types ([`Program`], [`Scratch`], [`OutputSpec`],
 //! the errors) and the pipeline that chains the steps; it runs no kernel.
 
@@ -51,7 +51,7 @@ impl From<OnnxError> for LowerError {
 #[derive(Debug, Clone)]
 struct Step {
     layer: Layer,
-    /// Large enough to halve across two threads ([`SPLIT_MIN_WORK`]).
+    /// Large enough to halve across two threads ([`SPLIT_MIN_WORK`](alloc::SPLIT_MIN_WORK)).
     split: bool,
 }
 

@@ -451,7 +451,7 @@ fn halves<F>(
     rayon::join(|| f(0..mid, first, main), || f(mid..rows, second, helper));
 }
 
-/// The parts of a [`Layer::Block`] its rows are computed from.
+/// The parts of a [`Op::Block`] its rows are computed from.
 struct BlockLayer<'a> {
     expand: Option<&'a (Pointwise, Activation)>,
     win: &'a Window,
