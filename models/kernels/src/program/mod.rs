@@ -14,10 +14,11 @@
 //!    has run (best fit), so a [`Scratch`] holds a handful of buffers that
 //!    live across frames.
 //!
-//! By concern: `ir` the layers and values every pass shares, `lower` step
-//! 1, `fuse` step 2, `alloc` step 3, `run` the execution. This
-//! file holds the public types ([`Program`], [`Scratch`], [`OutputSpec`],
-//! the errors) and the pipeline that chains the steps; it runs no kernel.
+//! By concern: `ir` holds the layers and values every pass shares, `lower`
+//! does step 1, `fuse` step 2, `alloc` step 3, and `run` executes the
+//! result. This file holds the public types ([`Program`], [`Scratch`],
+//! [`OutputSpec`], the errors) and the pipeline that chains the steps
+//! ([`Program::from_onnx`]); it lowers no node and runs no kernel.
 
 mod alloc;
 mod fuse;
@@ -51,7 +52,8 @@ impl From<OnnxError> for LowerError {
 #[derive(Debug, Clone)]
 struct Step {
     layer: Layer,
-    /// Large enough to halve across two threads ([`SPLIT_MIN_WORK`](alloc::SPLIT_MIN_WORK)).
+    /// Large enough to halve across two threads
+    /// ([`SPLIT_MIN_WORK`](alloc::SPLIT_MIN_WORK)).
     split: bool,
 }
 
