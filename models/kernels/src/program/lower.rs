@@ -112,13 +112,15 @@ impl<'g> Lowering<'g> {
         Ok(())
     }
 
+    /// One node: its operator's function, grouped by family below.
     fn lower_node(&mut self, node: &Node) -> Result<(), LowerError> {
         match node.op_type.as_str() {
-            // Convolutions and dense layers.
+            // Convolutions, dense layers and pooling.
             "Conv" => self.conv(node),
             "Gemm" => self.fully_connected(node),
             "MaxPool" => self.max_pool(node),
-            // Activations (fused into their producer later).
+            // Activations and the elementwise add (fusion folds them into
+            // their producer).
             "Relu" => self.activation(
                 node,
                 Activation::Clamp {
@@ -130,11 +132,11 @@ impl<'g> Lowering<'g> {
             "PRelu" => self.prelu(node),
             "Sigmoid" => self.activation(node, Activation::Sigmoid),
             "Add" => self.add(node),
-            // Spatial resampling.
+            // Spatial resampling and reduction.
             "Resize" => self.resize(node),
             "DepthToSpace" => self.depth_to_space(node),
             "ReduceMean" => self.reduce_mean(node),
-            // Channels and views.
+            // Channel moves and views: no arithmetic.
             "Pad" => self.pad(node),
             "Slice" => self.slice(node),
             "Transpose" => self.transpose(node),
@@ -144,285 +146,7 @@ impl<'g> Lowering<'g> {
         }
     }
 
-    /// `Clip`: a clamp with constant bounds (either may be absent).
-    fn clip(&mut self, node: &Node) -> Result<(), LowerError> {
-        let lo = self
-            .floats(node, 1)?
-            .map_or(Ok(f32::NEG_INFINITY), |v| scalar(node, v))?;
-        let hi = self
-            .floats(node, 2)?
-            .map_or(Ok(f32::INFINITY), |v| scalar(node, v))?;
-        self.activation(node, Activation::Clamp { lo, hi })
-    }
-
-    /// `PRelu`: one slope, or one per channel, padded to whole panels.
-    fn prelu(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let c = self.values[src].shape.channels();
-        let Some(slope) = self.floats(node, 1)? else {
-            return unsupported(node, "no slope");
-        };
-        let mut slopes = match slope.len() {
-            1 => vec![slope[0]; c],
-            n if n == c => slope.to_vec(),
-            n => return unsupported(node, format!("{n} slopes for {c} channels")),
-        };
-        slopes.resize(round_up(c, NR), 0.0);
-        self.activation(node, Activation::PRelu(slopes))
-    }
-
-    /// `Add` of two same-shaped tensors (fusion may turn it into a residual).
-    fn add(&mut self, node: &Node) -> Result<(), LowerError> {
-        let a = self.value(node, &node.inputs[0])?;
-        let b = self.value(node, node.inputs.get(1).map_or("", String::as_str))?;
-        let shape = self.values[a].shape.clone();
-        if self.values[b].shape != shape {
-            return unsupported(node, "operands of different shapes (no broadcasting)");
-        }
-        self.define(
-            node,
-            shape,
-            Op::Add {
-                a,
-                b,
-                act: Activation::Identity,
-            },
-        )
-    }
-
-    /// `MaxPool` without ceil mode, dilations or auto padding.
-    fn max_pool(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (h, w, c) = self.nhwc(node, src)?;
-        if node.int("ceil_mode").unwrap_or(0) != 0
-            || node
-                .ints("dilations")
-                .is_some_and(|d| d.iter().any(|&d| d != 1))
-            || node.string("auto_pad").is_some_and(|p| p != "NOTSET")
-        {
-            return unsupported(node, "ceil_mode, dilations or auto_pad");
-        }
-        let win = window(node, h, w, [0; 4])?;
-        let (oh, ow) = win
-            .output_size()
-            .ok_or_else(|| LowerError("MaxPool window too large".into()))?;
-        self.define(
-            node,
-            Shape::Nhwc { h: oh, w: ow, c },
-            Op::MaxPool { src, win, c },
-        )
-    }
-
-    /// `Resize`, bilinear with half-pixel coordinates, spatial only.
-    fn resize(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (h, w, c) = self.nhwc(node, src)?;
-        let mode = node.string("mode").unwrap_or("nearest");
-        let coords = node
-            .string("coordinate_transformation_mode")
-            .unwrap_or("half_pixel");
-        if mode != "linear" || !(coords == "half_pixel" || coords == "pytorch_half_pixel") {
-            return unsupported(node, format!("mode {mode:?}, coordinates {coords:?}"));
-        }
-        let (oh, ow) = match (self.floats(node, 2)?, self.ints(node, 3)?) {
-            (Some(s), _) if s.len() == 4 && s[0] == 1.0 && s[1] == 1.0 => (
-                (h as f32 * s[2]).floor() as usize,
-                (w as f32 * s[3]).floor() as usize,
-            ),
-            (_, Some(s)) if s.len() == 4 && s[0] == 1 && s[1] as usize == c => {
-                (s[2] as usize, s[3] as usize)
-            }
-            _ => return unsupported(node, "scales/sizes other than spatial"),
-        };
-        if oh == 0 || ow == 0 || (coords == "pytorch_half_pixel" && (oh == 1 || ow == 1)) {
-            return unsupported(node, "degenerate output size");
-        }
-        self.define(
-            node,
-            Shape::Nhwc { h: oh, w: ow, c },
-            Op::Resize {
-                src,
-                oh,
-                ow,
-                act: Activation::Identity,
-            },
-        )
-    }
-
-    /// `DepthToSpace` in DCR mode.
-    fn depth_to_space(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (h, w, c) = self.nhwc(node, src)?;
-        let bs = node.int("blocksize").unwrap_or(0).max(0) as usize;
-        if node.string("mode").unwrap_or("DCR") != "DCR" || bs == 0 || c % (bs * bs) != 0 {
-            return unsupported(node, "mode other than DCR or bad block size");
-        }
-        let shape = Shape::Nhwc {
-            h: h * bs,
-            w: w * bs,
-            c: c / (bs * bs),
-        };
-        self.define(node, shape, Op::DepthToSpace { src, bs })
-    }
-
-    /// `Slice` of the channel axis with unit step: a channel remap.
-    fn slice(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (h, w, c) = self.nhwc(node, src)?;
-        let starts = self.ints(node, 1)?.unwrap_or(&[]);
-        let ends = self.ints(node, 2)?.unwrap_or(&[]);
-        let axes = self.ints(node, 3)?.unwrap_or(&[0]);
-        let steps = self.ints(node, 4)?.unwrap_or(&[1]);
-        if starts.len() != 1 || ends.len() != 1 || axes != [1] || steps != [1] {
-            return unsupported(node, "only a unit-step slice of the channel axis");
-        }
-        let clampc = |v: i64| if v < 0 { (v + c as i64).max(0) } else { v.min(c as i64) } as usize;
-        let (s, e) = (clampc(starts[0]), clampc(ends[0]));
-        if e <= s {
-            return unsupported(node, "empty slice");
-        }
-        self.define(
-            node,
-            Shape::Nhwc { h, w, c: e - s },
-            Op::Remap {
-                src,
-                start: s as isize,
-            },
-        )
-    }
-
-    /// `ReduceMean` over H and W.
-    fn reduce_mean(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (_, _, c) = self.nhwc(node, src)?;
-        let axes = node.ints("axes").unwrap_or(&[]);
-        if axes != [2, 3] && axes != [-2, -1] {
-            return unsupported(node, "only the mean over H and W");
-        }
-        let shape = if node.int("keepdims").unwrap_or(1) != 0 {
-            Shape::Nhwc { h: 1, w: 1, c }
-        } else {
-            Shape::Flat(vec![1, c])
-        };
-        self.define(node, shape, Op::Mean { src })
-    }
-
-    /// `Transpose(0, 2, 3, 1)`: a view, NCHW -> NHWC is our layout.
-    fn transpose(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (h, w, c) = self.nhwc(node, src)?;
-        if node.ints("perm") != Some(&[0, 2, 3, 1]) {
-            return unsupported(node, "only the NCHW -> NHWC permutation");
-        }
-        let v = self.view(src, Shape::Flat(vec![1, h, w, c]));
-        self.names.insert(node.outputs[0].clone(), v);
-        Ok(())
-    }
-
-    /// `Reshape` of a flat (or 1x1 NCHW) tensor: a view.
-    fn reshape(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let len = self.values[src].shape.len();
-        if let Shape::Nhwc { h, w, .. } = self.values[src].shape
-            && (h, w) != (1, 1)
-        {
-            return unsupported(node, "reshape of an NCHW tensor with H, W > 1");
-        }
-        let Some(spec) = self.ints(node, 1)? else {
-            return unsupported(node, "no shape");
-        };
-        let dims = reshape_dims(spec, len)
-            .ok_or_else(|| LowerError(format!("Reshape {:?}: bad shape {spec:?}", node.name)))?;
-        let v = self.view(src, Shape::Flat(dims));
-        self.names.insert(node.outputs[0].clone(), v);
-        Ok(())
-    }
-
-    /// `Concat` of flat tensors along the outermost non-unit axis.
-    fn concat(&mut self, node: &Node) -> Result<(), LowerError> {
-        let srcs = node
-            .inputs
-            .iter()
-            .map(|n| self.value(node, n))
-            .collect::<Result<Vec<_>, _>>()?;
-        let axis = node.int("axis").unwrap_or(0);
-        let mut dims = match &self.values[srcs[0]].shape {
-            Shape::Flat(d) => d.clone(),
-            Shape::Nhwc { .. } => return unsupported(node, "concat of NCHW tensors"),
-        };
-        let axis = usize::try_from(if axis < 0 {
-            axis + dims.len() as i64
-        } else {
-            axis
-        })
-        .ok()
-        .filter(|&a| a < dims.len())
-        .ok_or_else(|| LowerError(format!("Concat {:?}: bad axis", node.name)))?;
-        if dims[..axis].iter().any(|&d| d != 1) {
-            return unsupported(node, "concat not along the outermost non-unit axis");
-        }
-        dims[axis] = 0;
-        for &s in &srcs {
-            let Shape::Flat(d) = &self.values[s].shape else {
-                return unsupported(node, "concat of NCHW tensors");
-            };
-            if d.len() != dims.len()
-                || d[axis + 1..] != dims[axis + 1..]
-                || d[..axis] != dims[..axis]
-            {
-                return unsupported(node, "operand shapes differ");
-            }
-            dims[axis] += d[axis];
-        }
-        self.define(node, Shape::Flat(dims), Op::Concat { srcs })
-    }
-
-    fn activation(&mut self, node: &Node, act: Activation) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let shape = self.values[src].shape.clone();
-        if let Activation::PRelu(s) = &act
-            && s.len() < shape.channels()
-        {
-            return unsupported(node, "slopes");
-        }
-        self.define(node, shape, Op::Activate { src, act })
-    }
-
-    fn pad(&mut self, node: &Node) -> Result<(), LowerError> {
-        let src = self.value(node, &node.inputs[0])?;
-        let (h, w, c) = self.nhwc(node, src)?;
-        let Some(pads) = self.ints(node, 1)? else {
-            return unsupported(node, "no pads");
-        };
-        let value = self.floats(node, 2)?.map_or(Ok(0.0), |v| scalar(node, v))?;
-        if node.string("mode").unwrap_or("constant") != "constant"
-            || value != 0.0
-            || pads.len() != 8
-            || pads.iter().any(|&p| p < 0)
-            || node.inputs.len() > 3
-        {
-            return unsupported(node, "only non-negative zero padding of a 4-D tensor");
-        }
-        let p: Vec<usize> = pads.iter().map(|&p| p as usize).collect();
-        // [n_begin, c_begin, h_begin, w_begin, n_end, c_end, h_end, w_end]
-        match (p[0], p[4], p[1] + p[5], p[2] + p[3] + p[6] + p[7]) {
-            (0, 0, 0, _) => {
-                self.pending_pads
-                    .insert(node.outputs[0].clone(), (src, [p[2], p[3], p[6], p[7]]));
-                Ok(())
-            }
-            (0, 0, _, 0) => {
-                let shape = Shape::Nhwc {
-                    h,
-                    w,
-                    c: c + p[1] + p[5],
-                };
-                let start = -(p[1] as isize);
-                self.define(node, shape, Op::Remap { src, start })
-            }
-            _ => unsupported(node, "padding both channels and space, or the batch"),
-        }
-    }
+    // Convolutions, dense layers and pooling.
 
     fn conv(&mut self, node: &Node) -> Result<(), LowerError> {
         let (src, extra) = match self.pending_pads.get(&node.inputs[0]) {
@@ -600,6 +324,293 @@ impl<'g> Lowering<'g> {
                 residual: None,
             },
         )
+    }
+
+    /// `MaxPool` without ceil mode, dilations or auto padding.
+    fn max_pool(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (h, w, c) = self.nhwc(node, src)?;
+        if node.int("ceil_mode").unwrap_or(0) != 0
+            || node
+                .ints("dilations")
+                .is_some_and(|d| d.iter().any(|&d| d != 1))
+            || node.string("auto_pad").is_some_and(|p| p != "NOTSET")
+        {
+            return unsupported(node, "ceil_mode, dilations or auto_pad");
+        }
+        let win = window(node, h, w, [0; 4])?;
+        let (oh, ow) = win
+            .output_size()
+            .ok_or_else(|| LowerError("MaxPool window too large".into()))?;
+        self.define(
+            node,
+            Shape::Nhwc { h: oh, w: ow, c },
+            Op::MaxPool { src, win, c },
+        )
+    }
+
+    // Activations and the elementwise add (fusion folds them into their
+    // producer).
+
+    fn activation(&mut self, node: &Node, act: Activation) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let shape = self.values[src].shape.clone();
+        if let Activation::PRelu(s) = &act
+            && s.len() < shape.channels()
+        {
+            return unsupported(node, "slopes");
+        }
+        self.define(node, shape, Op::Activate { src, act })
+    }
+
+    /// `Clip`: a clamp with constant bounds (either may be absent).
+    fn clip(&mut self, node: &Node) -> Result<(), LowerError> {
+        let lo = self
+            .floats(node, 1)?
+            .map_or(Ok(f32::NEG_INFINITY), |v| scalar(node, v))?;
+        let hi = self
+            .floats(node, 2)?
+            .map_or(Ok(f32::INFINITY), |v| scalar(node, v))?;
+        self.activation(node, Activation::Clamp { lo, hi })
+    }
+
+    /// `PRelu`: one slope, or one per channel, padded to whole panels.
+    fn prelu(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let c = self.values[src].shape.channels();
+        let Some(slope) = self.floats(node, 1)? else {
+            return unsupported(node, "no slope");
+        };
+        let mut slopes = match slope.len() {
+            1 => vec![slope[0]; c],
+            n if n == c => slope.to_vec(),
+            n => return unsupported(node, format!("{n} slopes for {c} channels")),
+        };
+        slopes.resize(round_up(c, NR), 0.0);
+        self.activation(node, Activation::PRelu(slopes))
+    }
+
+    /// `Add` of two same-shaped tensors (fusion may turn it into a residual).
+    fn add(&mut self, node: &Node) -> Result<(), LowerError> {
+        let a = self.value(node, &node.inputs[0])?;
+        let b = self.value(node, node.inputs.get(1).map_or("", String::as_str))?;
+        let shape = self.values[a].shape.clone();
+        if self.values[b].shape != shape {
+            return unsupported(node, "operands of different shapes (no broadcasting)");
+        }
+        self.define(
+            node,
+            shape,
+            Op::Add {
+                a,
+                b,
+                act: Activation::Identity,
+            },
+        )
+    }
+
+    // Spatial resampling and reduction.
+
+    /// `Resize`, bilinear with half-pixel coordinates, spatial only.
+    fn resize(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (h, w, c) = self.nhwc(node, src)?;
+        let mode = node.string("mode").unwrap_or("nearest");
+        let coords = node
+            .string("coordinate_transformation_mode")
+            .unwrap_or("half_pixel");
+        if mode != "linear" || !(coords == "half_pixel" || coords == "pytorch_half_pixel") {
+            return unsupported(node, format!("mode {mode:?}, coordinates {coords:?}"));
+        }
+        let (oh, ow) = match (self.floats(node, 2)?, self.ints(node, 3)?) {
+            (Some(s), _) if s.len() == 4 && s[0] == 1.0 && s[1] == 1.0 => (
+                (h as f32 * s[2]).floor() as usize,
+                (w as f32 * s[3]).floor() as usize,
+            ),
+            (_, Some(s)) if s.len() == 4 && s[0] == 1 && s[1] as usize == c => {
+                (s[2] as usize, s[3] as usize)
+            }
+            _ => return unsupported(node, "scales/sizes other than spatial"),
+        };
+        if oh == 0 || ow == 0 || (coords == "pytorch_half_pixel" && (oh == 1 || ow == 1)) {
+            return unsupported(node, "degenerate output size");
+        }
+        self.define(
+            node,
+            Shape::Nhwc { h: oh, w: ow, c },
+            Op::Resize {
+                src,
+                oh,
+                ow,
+                act: Activation::Identity,
+            },
+        )
+    }
+
+    /// `DepthToSpace` in DCR mode.
+    fn depth_to_space(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (h, w, c) = self.nhwc(node, src)?;
+        let bs = node.int("blocksize").unwrap_or(0).max(0) as usize;
+        if node.string("mode").unwrap_or("DCR") != "DCR" || bs == 0 || c % (bs * bs) != 0 {
+            return unsupported(node, "mode other than DCR or bad block size");
+        }
+        let shape = Shape::Nhwc {
+            h: h * bs,
+            w: w * bs,
+            c: c / (bs * bs),
+        };
+        self.define(node, shape, Op::DepthToSpace { src, bs })
+    }
+
+    /// `ReduceMean` over H and W.
+    fn reduce_mean(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (_, _, c) = self.nhwc(node, src)?;
+        let axes = node.ints("axes").unwrap_or(&[]);
+        if axes != [2, 3] && axes != [-2, -1] {
+            return unsupported(node, "only the mean over H and W");
+        }
+        let shape = if node.int("keepdims").unwrap_or(1) != 0 {
+            Shape::Nhwc { h: 1, w: 1, c }
+        } else {
+            Shape::Flat(vec![1, c])
+        };
+        self.define(node, shape, Op::Mean { src })
+    }
+
+    // Channel moves and views: no arithmetic.
+
+    fn pad(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (h, w, c) = self.nhwc(node, src)?;
+        let Some(pads) = self.ints(node, 1)? else {
+            return unsupported(node, "no pads");
+        };
+        let value = self.floats(node, 2)?.map_or(Ok(0.0), |v| scalar(node, v))?;
+        if node.string("mode").unwrap_or("constant") != "constant"
+            || value != 0.0
+            || pads.len() != 8
+            || pads.iter().any(|&p| p < 0)
+            || node.inputs.len() > 3
+        {
+            return unsupported(node, "only non-negative zero padding of a 4-D tensor");
+        }
+        let p: Vec<usize> = pads.iter().map(|&p| p as usize).collect();
+        // [n_begin, c_begin, h_begin, w_begin, n_end, c_end, h_end, w_end]
+        match (p[0], p[4], p[1] + p[5], p[2] + p[3] + p[6] + p[7]) {
+            (0, 0, 0, _) => {
+                self.pending_pads
+                    .insert(node.outputs[0].clone(), (src, [p[2], p[3], p[6], p[7]]));
+                Ok(())
+            }
+            (0, 0, _, 0) => {
+                let shape = Shape::Nhwc {
+                    h,
+                    w,
+                    c: c + p[1] + p[5],
+                };
+                let start = -(p[1] as isize);
+                self.define(node, shape, Op::Remap { src, start })
+            }
+            _ => unsupported(node, "padding both channels and space, or the batch"),
+        }
+    }
+
+    /// `Slice` of the channel axis with unit step: a channel remap.
+    fn slice(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (h, w, c) = self.nhwc(node, src)?;
+        let starts = self.ints(node, 1)?.unwrap_or(&[]);
+        let ends = self.ints(node, 2)?.unwrap_or(&[]);
+        let axes = self.ints(node, 3)?.unwrap_or(&[0]);
+        let steps = self.ints(node, 4)?.unwrap_or(&[1]);
+        if starts.len() != 1 || ends.len() != 1 || axes != [1] || steps != [1] {
+            return unsupported(node, "only a unit-step slice of the channel axis");
+        }
+        let clampc = |v: i64| if v < 0 { (v + c as i64).max(0) } else { v.min(c as i64) } as usize;
+        let (s, e) = (clampc(starts[0]), clampc(ends[0]));
+        if e <= s {
+            return unsupported(node, "empty slice");
+        }
+        self.define(
+            node,
+            Shape::Nhwc { h, w, c: e - s },
+            Op::Remap {
+                src,
+                start: s as isize,
+            },
+        )
+    }
+
+    /// `Transpose(0, 2, 3, 1)`: a view, NCHW -> NHWC is our layout.
+    fn transpose(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let (h, w, c) = self.nhwc(node, src)?;
+        if node.ints("perm") != Some(&[0, 2, 3, 1]) {
+            return unsupported(node, "only the NCHW -> NHWC permutation");
+        }
+        let v = self.view(src, Shape::Flat(vec![1, h, w, c]));
+        self.names.insert(node.outputs[0].clone(), v);
+        Ok(())
+    }
+
+    /// `Reshape` of a flat (or 1x1 NCHW) tensor: a view.
+    fn reshape(&mut self, node: &Node) -> Result<(), LowerError> {
+        let src = self.value(node, &node.inputs[0])?;
+        let len = self.values[src].shape.len();
+        if let Shape::Nhwc { h, w, .. } = self.values[src].shape
+            && (h, w) != (1, 1)
+        {
+            return unsupported(node, "reshape of an NCHW tensor with H, W > 1");
+        }
+        let Some(spec) = self.ints(node, 1)? else {
+            return unsupported(node, "no shape");
+        };
+        let dims = reshape_dims(spec, len)
+            .ok_or_else(|| LowerError(format!("Reshape {:?}: bad shape {spec:?}", node.name)))?;
+        let v = self.view(src, Shape::Flat(dims));
+        self.names.insert(node.outputs[0].clone(), v);
+        Ok(())
+    }
+
+    /// `Concat` of flat tensors along the outermost non-unit axis.
+    fn concat(&mut self, node: &Node) -> Result<(), LowerError> {
+        let srcs = node
+            .inputs
+            .iter()
+            .map(|n| self.value(node, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let axis = node.int("axis").unwrap_or(0);
+        let mut dims = match &self.values[srcs[0]].shape {
+            Shape::Flat(d) => d.clone(),
+            Shape::Nhwc { .. } => return unsupported(node, "concat of NCHW tensors"),
+        };
+        let axis = usize::try_from(if axis < 0 {
+            axis + dims.len() as i64
+        } else {
+            axis
+        })
+        .ok()
+        .filter(|&a| a < dims.len())
+        .ok_or_else(|| LowerError(format!("Concat {:?}: bad axis", node.name)))?;
+        if dims[..axis].iter().any(|&d| d != 1) {
+            return unsupported(node, "concat not along the outermost non-unit axis");
+        }
+        dims[axis] = 0;
+        for &s in &srcs {
+            let Shape::Flat(d) = &self.values[s].shape else {
+                return unsupported(node, "concat of NCHW tensors");
+            };
+            if d.len() != dims.len()
+                || d[axis + 1..] != dims[axis + 1..]
+                || d[..axis] != dims[..axis]
+            {
+                return unsupported(node, "operand shapes differ");
+            }
+            dims[axis] += d[axis];
+        }
+        self.define(node, Shape::Flat(dims), Op::Concat { srcs })
     }
 }
 
