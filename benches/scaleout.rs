@@ -44,15 +44,22 @@
 //! Real parts only: a `redis-server` spawned on a free port, the binary under
 //! test as worker processes, the shipped models, a real photo.
 
-use std::path::PathBuf;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holistream::actors::remote::{JOBS_STREAM, RemotePool, RemotePoolConfig};
+use holistream::actors::remote::{RemotePool, RemotePoolConfig};
 use holistream::actors::{FrameJob, InferencePool, PoolConfig};
 use holistream::http::Metrics;
 use holistream::model::{Mode, Parts, TrackingState};
+use holistream::stats::{median, percentile};
+
+use support::fixtures::{env_or, test_jpeg};
+use support::poll::wait_blocking;
+use support::redis_server::{RedisServer, consumers, pending};
 
 struct Killed(Child);
 
@@ -73,65 +80,12 @@ impl Killed {
     fn stop(mut self) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { kill(self.0.id() as i32, 15) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.0.try_wait().ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "worker did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_blocking(
+            Duration::from_secs(30),
+            "the worker to stop on SIGTERM",
+            || self.0.try_wait().ok().flatten().is_some(),
+        );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn poll(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn_redis() -> (Killed, String) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH");
-    let url = format!("redis://127.0.0.1:{port}/");
-    let client = redis::Client::open(url.as_str()).unwrap();
-    poll("redis", Duration::from_secs(10), || {
-        client
-            .get_connection_with_timeout(Duration::from_millis(200))
-            .is_ok()
-    });
-    (Killed(child), url)
-}
-
-fn consumers(url: &str) -> Vec<String> {
-    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let info: redis::RedisResult<redis::streams::StreamInfoConsumersReply> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(JOBS_STREAM)
-        .arg("workers")
-        .query(&mut con);
-    info.map(|i| i.consumers.into_iter().map(|c| c.name).collect())
-        .unwrap_or_default()
 }
 
 fn spawn_worker(url: &str, name: &str) -> Killed {
@@ -143,23 +97,10 @@ fn spawn_worker(url: &str, name: &str) -> Killed {
         .spawn()
         .expect("spawning a worker");
     let consumer = format!("{name}-0");
-    poll("worker ready", Duration::from_secs(180), || {
+    wait_blocking(Duration::from_secs(180), "worker ready", || {
         consumers(url).contains(&consumer)
     });
     Killed(child)
-}
-
-fn jpeg() -> Bytes {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for p in [
-        root.join("tests/fixtures/grace_hopper.jpg"),
-        root.join("../shared/testdata/images/grace_hopper.jpg"),
-    ] {
-        if let Ok(b) = std::fs::read(&p) {
-            return Bytes::from(b);
-        }
-    }
-    panic!("grace_hopper.jpg not found");
 }
 
 fn job(seq: u32, jpeg: &Bytes) -> FrameJob {
@@ -176,15 +117,6 @@ fn job(seq: u32, jpeg: &Bytes) -> FrameJob {
         tracking: TrackingState::default(),
         starved: Duration::ZERO,
     }
-}
-
-/// The one percentile definition (`holistream::stats`), on a copy.
-fn pct(samples: &[f64], q: f64) -> f64 {
-    holistream::stats::percentile(&mut samples.to_vec(), q)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    holistream::stats::median(&mut v)
 }
 
 /// One frame through `pool`: (what the submitter waited, what the pool added
@@ -250,24 +182,6 @@ async fn closed_loop(pool: &RemotePool, jpeg: &Bytes, clients: u32, seconds: f64
     load
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Jobs pending in the workers' group (delivered, not acknowledged).
-fn pending(url: &str) -> u64 {
-    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let summary: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(JOBS_STREAM)
-        .arg("workers")
-        .query(&mut con)
-        .expect("XPENDING");
-    summary.count() as u64
-}
-
 fn main() {
     let smoke = std::env::var("SCALEOUT_SMOKE").is_ok_and(|v| v == "1");
     let seconds: f64 = env_or("SCALEOUT_SECONDS", if smoke { 3.0 } else { 15.0 });
@@ -294,8 +208,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let jpeg = jpeg();
-    let (_redis, url) = spawn_redis();
+    let jpeg = Bytes::from(test_jpeg());
+    let redis = RedisServer::spawn();
+    let url = redis.url();
 
     rt.block_on(async {
         // 1. Hop cost, one frame at a time, the two pools alternately.
@@ -343,15 +258,15 @@ fn main() {
         local.shutdown().await;
         remote.shutdown().await;
         drop(local);
-        let (lo, ro) = (median(local_over), median(remote_over));
+        let (lo, ro) = (median(&mut local_over), median(&mut remote_over));
         println!("hop cost, {frames} frames one at a time, alternating (medians, ms):");
         println!(
             "  in-process pool, 1 thread   total {:7.1}  beyond the worker's own work {lo:6.2}",
-            median(local_total)
+            median(&mut local_total)
         );
         println!(
             "  remote pool, 1 worker x 1   total {:7.1}  beyond the worker's own work {ro:6.2}",
-            median(remote_total)
+            median(&mut remote_total)
         );
         println!("  Redis hop per frame         {:6.2}", ro - lo);
 
@@ -395,16 +310,19 @@ fn main() {
             "throughput, {clients} closed-loop clients, {seconds} s per phase, median of {rounds} rounds:"
         );
         for (name, loads) in [("1 worker process ", &one), ("2 worker processes", &two)] {
-            let rate = median(
-                loads
-                    .iter()
-                    .map(|l| l.results as f64 / l.seconds)
-                    .collect(),
-            );
-            let p50 = median(loads.iter().map(|l| pct(&l.latencies, 0.5)).collect());
-            let p99 = median(loads.iter().map(|l| pct(&l.latencies, 0.99)).collect());
+            let rate = median(&mut Vec::from_iter(
+                loads.iter().map(|l| l.results as f64 / l.seconds),
+            ));
+            let p50 = median(&mut Vec::from_iter(
+                loads.iter().map(|l| percentile(&mut l.latencies.clone(), 0.5)),
+            ));
+            let p99 = median(&mut Vec::from_iter(
+                loads.iter().map(|l| percentile(&mut l.latencies.clone(), 0.99)),
+            ));
             let errors: usize = loads.iter().map(|l| l.errors).sum();
-            let infer = median(loads.iter().flat_map(|l| l.infer_ms.clone()).collect());
+            let infer = median(&mut Vec::from_iter(
+                loads.iter().flat_map(|l| l.infer_ms.clone()),
+            ));
             let each: Vec<String> = loads
                 .iter()
                 .map(|l| format!("{:.2}", l.results as f64 / l.seconds))
@@ -424,7 +342,7 @@ fn main() {
         let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         println!(
             "  2 vs 1 worker processes, same round: median {:.2}x  (rounds: {})",
-            median(ratios.clone()),
+            median(&mut ratios.clone()),
             each.join(", ")
         );
         drop(w1);

@@ -3,12 +3,15 @@
 //! admission, session expiry, `/metrics`, `/healthz`, `/readyz`, graceful
 //! shutdown.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use common::*;
+use support::http::*;
+use support::poll::{eventually, eventually_some};
+use support::server::*;
+use support::ws::*;
 
 const CODE: &str = "correct horse battery staple";
 
@@ -103,15 +106,7 @@ async fn login_status_logout() {
     );
 
     // The login outcomes are counted.
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("holistream_logins_total{outcome=\"ok\"} 1"),
         "{metrics}"
@@ -192,15 +187,7 @@ async fn wrong_codes_are_rate_limited_per_address() {
                 .contains("retry in")
         );
     }
-    let metrics = http_client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("holistream_logins_total{outcome=\"rate_limited\"} 2"),
         "{metrics}"
@@ -222,18 +209,15 @@ async fn rate_limit_window_ends() {
         StatusCode::TOO_MANY_REQUESTS
     );
     // Poll until the 1 s window has passed; the code then gets through.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let last = loop {
-        let status = try_login(&server, CODE).await.0;
-        if status != StatusCode::TOO_MANY_REQUESTS {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rate-limit window never ended"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    };
+    let last = eventually_some(
+        Duration::from_secs(5),
+        "the rate-limit window to end",
+        || async {
+            let status = try_login(&server, CODE).await.0;
+            (status != StatusCode::TOO_MANY_REQUESTS).then_some(status)
+        },
+    )
+    .await;
     assert_eq!(last, StatusCode::OK);
 }
 

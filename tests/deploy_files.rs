@@ -9,9 +9,12 @@
 //! `docker/check.sh` (run by `.ci/run`) adds `docker-compose config` and
 //! `nginx -t`; `tests/nginx.rs` runs the shipped nginx files with real traffic.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
+
+use support::fixtures::{repo_file, repo_root};
 
 /// `(block, NAME)` for every `NAME: value` line of compose.yaml whose key is
 /// an environment variable's name (`[A-Z0-9_]+`); the block is the service
@@ -40,11 +43,6 @@ fn compose_variables(compose: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-fn repo_file(path: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
 /// `holistream <sub> --help`, which must succeed (the subcommand exists).
@@ -307,7 +305,7 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_real_subcommands() {
             continue;
         }
         for src in &words[1..words.len() - 1] {
-            let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(src);
+            let p = repo_root().join(src);
             assert!(p.exists(), "the Dockerfile copies {src}, which is missing");
         }
     }
@@ -350,7 +348,7 @@ fn nginx_files() -> Vec<(String, String)> {
         "docker/nginx.conf".to_string(),
         repo_file("docker/nginx.conf"),
     )];
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker/nginx");
+    let dir = repo_root().join("docker/nginx");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("docker/nginx/")
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -470,7 +468,7 @@ fn compose_mounts_what_the_nginx_site_script_reads() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker/nginx-site.sh");
+        let path = repo_root().join("docker/nginx-site.sh");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert!(mode & 0o111 != 0, "docker/nginx-site.sh is not executable");
     }

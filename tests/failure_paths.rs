@@ -29,352 +29,56 @@
 //! miss reports the time it took. Child processes are killed on every way out
 //! (`Proc`'s drop); their logs are printed when a test fails.
 
-mod common;
-mod process_support;
+mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use holistream::actors::protocol::{ErrorCode, FrameHeader};
-use holistream::actors::remote::{JOBS_STREAM, WORKERS_GROUP};
+use holistream::actors::protocol::ErrorCode;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
-use common::{RedisServer, free_port, test_jpeg};
-use process_support::{
-    Proc, hermetic_command, spawn_serve, spawn_worker, wait_for, wait_healthy, worker_ready,
-};
+use support::fixtures::test_jpeg;
+use support::http::{login_at, metric_family, metric_value, metrics_at};
+use support::poll::{eventually_some, poll_blocking_within, wait_for};
+use support::process::{Served, hermetic_command, spawn_worker, start_serve, worker_ready};
+use support::redis_server::{RedisServer, group_exists};
+use support::ws::{Seen, StreamingClient};
 
 const PASSWORD: &str = "failure-paths-test-code";
 /// Model loading in a dev-profile process, with other processes busy.
 const SERVER_START: Duration = Duration::from_secs(120);
-/// A steady client's frame period (15 fps: a camera, not a wait).
-const CAMERA: Duration = Duration::from_millis(66);
 
 /// The tests that start servers and workers run one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-// ---------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------
-
-/// A `holistream serve` process on a free loopback port.
-struct Server {
-    proc: Proc,
-    base: String,
-}
-
 /// Starts `holistream serve <args> --host 127.0.0.1 --port <free>` with the
 /// test's entry code and waits until `/healthz` answers.
-async fn start_serve(name: &str, args: &[&str], env: &[(&str, String)], dir: &Path) -> Server {
-    let port = free_port();
+async fn serve(name: &str, args: &[&str], env: &[(&str, String)], dir: &Path) -> Served {
     let mut all_env = vec![("HOLISTREAM_PASSWORD", PASSWORD.to_string())];
     all_env.extend(env.iter().cloned());
-    let mut proc = spawn_serve(name, port, args, &all_env, dir);
-    wait_healthy(&mut proc, port, SERVER_START).await;
-    Server {
-        proc,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+    start_serve(name, None, args, &all_env, dir, SERVER_START).await
 }
 
 /// `serve --pool redis` with a fixed gateway id.
-async fn start_gateway(redis: &RedisServer, name: &str, dir: &Path) -> Server {
-    start_serve(
-        name,
-        &["--pool", "redis"],
-        &[
-            ("REDIS_URL", redis.url()),
-            ("HOLISTREAM_GATEWAY_ID", name.into()),
-        ],
-        dir,
-    )
-    .await
+async fn start_gateway(redis: &RedisServer, name: &str, dir: &Path) -> Served {
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("HOLISTREAM_GATEWAY_ID", name.into()),
+    ];
+    serve(name, &["--pool", "redis"], &env, dir).await
 }
 
-fn redis_con(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connecting to the test redis")
-}
-
-/// Whether the workers' consumer group exists on the jobs stream.
-fn group_exists(redis: &RedisServer) -> bool {
-    let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(JOBS_STREAM)
-        .query(&mut redis_con(redis));
-    info.is_ok_and(|i| i.groups.iter().any(|g| g.name == WORKERS_GROUP))
-}
-
-// ---------------------------------------------------------------------------
-// HTTP and WebSocket clients
-// ---------------------------------------------------------------------------
-
-fn http() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .finish()
-}
-
-/// Logs in on `base`; the `Cookie` header value.
+/// Logs in on `base` with the test's entry code; the `Cookie` header value.
 async fn login(base: &str) -> String {
-    let mut resp = http()
-        .post(format!("{base}/auth/code"))
-        .send_json(&serde_json::json!({ "code": PASSWORD }))
-        .await
-        .expect("POST /auth/code");
-    assert_eq!(resp.status(), 200, "login: {:?}", resp.body().await);
-    resp.cookie(holistream::http::SESSION_COOKIE)
-        .map(|c| format!("{}={}", c.name(), c.value()))
-        .expect("session cookie")
-}
-
-/// `GET /metrics` of `base`.
-async fn metrics_text(base: &str) -> String {
-    let mut resp = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(resp.status(), 200);
-    String::from_utf8(resp.body().await.expect("metrics body").to_vec()).expect("UTF-8 metrics")
-}
-
-/// The value of one series (`name{labels}` exactly as rendered), if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Every series of a counter family with one label: label value → value.
-fn metric_family(text: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("{name}{{{label}=\"");
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (value_of_label, rest) = rest.split_once("\"} ")?;
-            Some((value_of_label.to_string(), rest.trim().parse().ok()?))
-        })
-        .collect()
+    login_at(base, PASSWORD).await
 }
 
 /// The codes of `error` messages (README, protocol.rs).
 fn error_codes() -> [&'static str; 8] {
     ErrorCode::ALL.map(ErrorCode::as_str)
-}
-
-/// What a client saw, in order.
-#[derive(Debug, Clone)]
-enum Seen {
-    Result {
-        at: Instant,
-        seq: u32,
-        pose: usize,
-    },
-    Error {
-        at: Instant,
-        seq: Option<u32>,
-        code: String,
-    },
-    /// The connection ended: a close frame with its code, or none (EOF, a
-    /// reset, a protocol error).
-    Closed {
-        at: Instant,
-        code: Option<u16>,
-    },
-}
-
-/// A WebSocket client streaming one JPEG at a camera's rate and recording
-/// every frame sent and every `result`, `error` and close, until stopped or
-/// closed by the server.
-struct StreamingClient {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    sent: Arc<Mutex<Vec<u32>>>,
-    stop: CancellationToken,
-    task: actix_web::rt::task::JoinHandle<()>,
-}
-
-impl StreamingClient {
-    /// Opens `/ws` on `base` with `cookie` and the page's own `Origin`; the
-    /// refusal's status, if any.
-    async fn open(base: &str, cookie: &str, jpeg: Bytes) -> Result<StreamingClient, String> {
-        let ws = format!("ws{}/ws", base.strip_prefix("http").expect("http:// base"));
-        let (_, conn) = awc::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .finish()
-            .ws(ws)
-            .origin(base)
-            .header("Cookie", cookie)
-            .max_frame_size(8 << 20)
-            .connect()
-            .await
-            .map_err(|e| format!("WebSocket upgrade on {base}: {e}"))?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let task = actix_web::rt::spawn(stream_frames(
-            conn,
-            jpeg,
-            seen.clone(),
-            sent.clone(),
-            stop.clone(),
-        ));
-        Ok(StreamingClient {
-            seen,
-            sent,
-            stop,
-            task,
-        })
-    }
-
-    fn results_since(&self, t: Instant) -> usize {
-        self.seen
-            .lock()
-            .iter()
-            .filter(|s| matches!(s, Seen::Result { at, .. } if *at >= t))
-            .count()
-    }
-
-    fn errors_since(&self, t: Instant) -> Vec<String> {
-        self.seen
-            .lock()
-            .iter()
-            .filter_map(|s| match s {
-                Seen::Error { at, code, .. } if *at >= t => Some(code.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// When and how the connection ended, if it did.
-    fn closed(&self) -> Option<(Instant, Option<u16>)> {
-        self.seen.lock().iter().find_map(|s| match s {
-            Seen::Closed { at, code } => Some((*at, *code)),
-            _ => None,
-        })
-    }
-
-    fn all(&self) -> Vec<Seen> {
-        self.seen.lock().clone()
-    }
-
-    /// Frames sent after the newest one answered: in the pool or waiting in
-    /// the session's slot.
-    fn unanswered_tail(&self) -> usize {
-        let newest_answer = self
-            .all()
-            .iter()
-            .filter_map(|s| match s {
-                Seen::Result { seq, .. } | Seen::Error { seq: Some(seq), .. } => Some(*seq),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        self.sent
-            .lock()
-            .iter()
-            .filter(|s| **s > newest_answer)
-            .count()
-    }
-
-    /// Every answer is for a frame this client sent, and no frame is
-    /// answered twice.
-    fn assert_answers_match_frames(&self, who: &str) {
-        let sent: HashSet<u32> = self.sent.lock().iter().copied().collect();
-        let mut answered = HashSet::new();
-        for s in self.all() {
-            let seq = match s {
-                Seen::Result { seq, .. } | Seen::Error { seq: Some(seq), .. } => seq,
-                _ => continue,
-            };
-            assert!(sent.contains(&seq), "{who}: answer for unsent frame {seq}");
-            assert!(answered.insert(seq), "{who}: frame {seq} answered twice");
-        }
-    }
-
-    async fn finish(self) -> Vec<Seen> {
-        self.stop.cancel();
-        let _ = self.task.await;
-        self.seen.lock().clone()
-    }
-}
-
-async fn stream_frames(
-    conn: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
-    jpeg: Bytes,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    sent: Arc<Mutex<Vec<u32>>>,
-    stop: CancellationToken,
-) {
-    let (mut tx, mut rx) = conn.split();
-    let mut camera = actix_web::rt::time::interval(CAMERA);
-    let mut seq = 0u32;
-    let closed = |code: Option<u16>| {
-        seen.lock().push(Seen::Closed {
-            at: Instant::now(),
-            code,
-        })
-    };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = tx.send(awc::ws::Message::Close(None)).await;
-                return;
-            }
-            _ = camera.tick() => {
-                seq += 1;
-                let frame = FrameHeader { seq, capture_ts: f64::from(seq) * 66.0 }.encode(&jpeg);
-                if tx.send(awc::ws::Message::Binary(frame.into())).await.is_err() {
-                    return closed(None);
-                }
-                sent.lock().push(seq);
-            }
-            msg = rx.next() => {
-                let text = match msg {
-                    Some(Ok(awc::ws::Frame::Text(text))) => text,
-                    Some(Ok(awc::ws::Frame::Close(reason))) => {
-                        return closed(reason.map(|r| u16::from(r.code)));
-                    }
-                    None | Some(Err(_)) => return closed(None),
-                    // A client that answers no pings is closed as not reading.
-                    Some(Ok(awc::ws::Frame::Ping(p))) => {
-                        if tx.send(awc::ws::Message::Pong(p)).await.is_err() {
-                            return closed(None);
-                        }
-                        continue;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let v: serde_json::Value = serde_json::from_slice(&text).expect("server sent JSON");
-                let at = Instant::now();
-                let seq_of = |v: &serde_json::Value| v["seq"].as_u64().map(|s| s as u32);
-                match v["type"].as_str() {
-                    Some("result") => {
-                        let pose = v["pose"].as_array().map_or(0, |p| p.len());
-                        let seq = seq_of(&v).expect("a result has a seq");
-                        seen.lock().push(Seen::Result { at, seq, pose });
-                    }
-                    Some("error") => {
-                        let code = v["code"].as_str().unwrap_or("?").to_string();
-                        seen.lock().push(Seen::Error { at, seq: seq_of(&v), code });
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -474,7 +178,7 @@ async fn redis_outage_frames_unavailable_then_streaming_resumes() {
         "streaming resumed {resumed:?} after Redis returned (bound: 5 s)"
     );
     assert!(
-        group_exists(&redis),
+        group_exists(&redis.url()),
         "the workers' group was not re-created"
     );
     let steady = Instant::now();
@@ -506,7 +210,7 @@ async fn sigterm_with_frames_in_flight_closes_every_socket_within_the_timeout() 
         ),
     )
     .unwrap();
-    let mut server = start_serve(
+    let mut server = serve(
         "sigterm-serve",
         &["--config", config.to_str().unwrap()],
         &[],
@@ -598,18 +302,18 @@ fn serve_to_exit(args: &[&str]) -> (ExitStatus, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning serve");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve {args:?} still running after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    let exited = poll_blocking_within(Duration::from_secs(60), support::poll::EVERY, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("serve {args:?} still running after 60 s");
+    }
+    // unwrap: the poll ended on an exit status.
+    let status = status.unwrap();
     let mut stderr = String::new();
     use std::io::Read;
     child
@@ -669,7 +373,7 @@ fn config_errors_exit_2_with_one_line() {
 async fn loadgen_json_matches_the_server_metrics() {
     let _serial = ONE_AT_A_TIME.lock();
     let dir = tempfile::tempdir().unwrap();
-    let server = start_serve("loadgen-serve", &["--workers", "1"], &[], dir.path()).await;
+    let server = serve("loadgen-serve", &["--workers", "1"], &[], dir.path()).await;
     let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grace_hopper.jpg");
 
     // As an operator runs it: default logging, the report on stdout.
@@ -696,17 +400,14 @@ async fn loadgen_json_matches_the_server_metrics() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning loadgen");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = loadgen.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = loadgen.kill();
-            let _ = loadgen.wait();
-            panic!("loadgen still running after 60 s");
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    let status = support::poll::poll_within(Duration::from_secs(60), support::poll::EVERY, || {
+        std::future::ready(loadgen.try_wait().unwrap())
+    })
+    .await;
+    let Some(status) = status else {
+        let _ = loadgen.kill();
+        let _ = loadgen.wait();
+        panic!("loadgen still running after 60 s");
     };
     let output = loadgen.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -720,20 +421,15 @@ async fn loadgen_json_matches_the_server_metrics() {
     );
 
     // The server's counters are final once every session is gone.
-    let mut text = String::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        text = metrics_text(&server.base).await;
-        if metric(&text, "holistream_sessions_active") == Some(0.0) {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        metric(&text, "holistream_sessions_active"),
-        Some(0.0),
-        "sessions still open 20 s after loadgen exited:\n{text}"
-    );
+    let text = eventually_some(
+        Duration::from_secs(20),
+        "no session open after loadgen exited",
+        || async {
+            let text = metrics_at(&server.base).await;
+            (metric_value(&text, "holistream_sessions_active") == Some(0.0)).then_some(text)
+        },
+    )
+    .await;
     let frames = metric_family(&text, "holistream_frames_total", "outcome");
     let drops = metric_family(&text, "holistream_drops_total", "reason");
     let ws_errors = metric_family(&text, "holistream_ws_errors_total", "code");

@@ -3,15 +3,17 @@
 //! `HOLISTREAM_FAULT_SECS` sets how long the panic test streams (default 30 s,
 //! as the issue asks; shorter for a quick local run).
 
-mod common;
-mod stream_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestServer, WsConn, login, test_config};
 use holistream::config::Config;
-use stream_support::*;
+use support::fixtures::*;
+use support::http::*;
+use support::poll::eventually;
+use support::server::{TestServer, test_config};
+use support::ws::*;
 
 const PASSWORD: &str = "faults-test-code";
 
@@ -39,16 +41,6 @@ async fn one_stalling_worker(mut c: Config, secs: u64) -> (TestServer, WsConn, B
     let jpeg = jpeg_640x480("obama.jpg");
     set_faults(&server, &format!("stall=1.0:{secs}s")).await;
     (server, conn, jpeg)
-}
-
-/// The status of the server's `/readyz`.
-async fn readyz(server: &TestServer) -> awc::http::StatusCode {
-    common::http_client()
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
 }
 
 /// With `panic=0.1`, 8 clients streaming: every client keeps getting
@@ -203,7 +195,7 @@ async fn past_the_abandoned_thread_cap_the_pool_is_not_ready_instead_of_growing(
         "the abandoned-thread gauge is exported: {m}"
     );
     // The abandoned thread ends; the next frame gets a fresh thread.
-    common::eventually(Duration::from_secs(30), "the abandoned thread ends", || {
+    eventually(Duration::from_secs(30), "the abandoned thread ends", || {
         let server = &server;
         async move { metric(&metrics_text(server).await, "holistream_abandoned_threads") == 0.0 }
     })

@@ -5,16 +5,17 @@
 //! WebSocket the CMYK frame that used to kill an inference worker is
 //! answered `bad_frame` by a worker that lives.
 
-mod common;
-mod stream_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, login, shared_testdata, test_config};
 use holistream::model::image_input::{DecodeLimits, ImageInputError, decode_image_with};
 use holistream::model::parity::split_mjpeg;
-use stream_support::*;
+use support::fixtures::*;
+use support::http::*;
+use support::server::{TestServer, test_config};
+use support::ws::*;
 
 fn attack(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

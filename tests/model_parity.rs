@@ -13,19 +13,18 @@
 //! outside the repository. CI runs this file again with the fused kernels
 //! restricted to AVX2 and to the portable path (`HOLISTREAM_ISA`).
 
+mod support;
+
 use holistream::model::parity::{
     BackendReport, Thresholds, check_clip, check_fused_against_burn, check_goldens, split_mjpeg,
 };
 use holistream::model::{Holistic, Mode};
 use image::RgbImage;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use support::fixtures::fixtures;
 
 /// MediaPipe's thresholds, as `holistream parity` applies them.
 const THRESHOLDS: Thresholds = Thresholds { max_mean_err: 0.02 };
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn clip_path() -> PathBuf {
     fixtures().join("clip/obama_640x480.mjpeg")

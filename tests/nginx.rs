@@ -31,23 +31,25 @@
 //! `redis-server`, `openssl`, `chromium` and `chromium-driver`. Every process
 //! is killed on every way out; every wait polls a condition with a deadline.
 
-mod browser_support;
-mod common;
-mod process_support;
+mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use browser_support::{
-    ChromeDriver, PAGE_STATE, PAGE_TIMEOUT, landmark_counts_ok, poll_js, results,
-};
-use common::free_port;
 use fantoccini::Client;
-use process_support::{Proc, spawn_serve, spawn_worker, wait_for, wait_healthy, worker_ready};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::browser::{
+    ChromeDriver, PAGE_STATE, PAGE_TIMEOUT, landmark_counts_ok, poll_js, results,
+    results_after_reconnect,
+};
+use support::fixtures::repo_file;
+use support::http::{http_from, metric_value};
+use support::poll::{eventually_some, wait_for};
+use support::port::FreePort;
+use support::process::{Proc, Served, spawn_worker, start_serve, worker_ready};
+use support::redis_server::RedisServer;
 
 const PASSWORD: &str = "nginx-entry-code-51c2";
 const REDIS_PASSWORD: &str = "redis-secret-0b7e41";
@@ -55,101 +57,55 @@ const GATEWAY_START: Duration = Duration::from_secs(60);
 const NGINX_START: Duration = Duration::from_secs(20);
 /// Generous: the first results wait for the browser's camera and the workers.
 const RESULTS_TIMEOUT: Duration = Duration::from_secs(120);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gateways' `auth.max_failures` (the default).
 const MAX_FAILURES: usize = 5;
 
 // ------------------------------------------------------------ processes
 
-/// A `redis-server` with a password and protected mode, as compose runs it.
-struct Redis {
-    proc: Proc,
-    /// `redis://:<password>@127.0.0.1:<port>/0`: compose's `REDIS_URL` shape.
-    url: String,
-}
-
-async fn start_redis(dir: &Path) -> Redis {
-    let port = free_port();
-    let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let mut cmd = Command::new(&bin);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--requirepass", REDIS_PASSWORD, "--protected-mode", "yes"])
-        .args(["--save", "", "--appendonly", "no"]);
-    let mut proc = Proc::spawn("redis", cmd, false, dir);
-    let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0");
-    let client = redis::Client::open(url.as_str()).expect("the Redis URL");
-    wait_for(Duration::from_secs(10), "redis-server answering", || {
-        proc.assert_running();
-        client
-            .get_connection_with_timeout(Duration::from_millis(200))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
-    })
-    .await;
+/// A `redis-server` with a password and protected mode, as compose runs it;
+/// its URL has compose's `REDIS_URL` shape.
+fn start_redis() -> RedisServer {
+    let redis = RedisServer::spawn_with_password(REDIS_PASSWORD);
     // Without the password it refuses: the credentials in the URL are what
     // the gateways and workers below get in.
-    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port())).unwrap();
     let refused = anonymous
         .get_connection_with_timeout(Duration::from_secs(2))
         .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
     assert!(refused.is_err(), "Redis answered without its password");
-    Redis { proc, url }
+    redis
 }
 
 /// A gateway: `holistream serve --pool redis` on loopback, trusting the
 /// forwarding headers of the proxy on 127.0.0.1 only (compose trusts its
 /// network, where only nginx sends HTTP).
-struct Gateway {
-    proc: Proc,
-    port: u16,
-}
+type Gateway = Served;
 
 async fn start_gateway(
-    redis: &Redis,
+    redis: &RedisServer,
     name: &str,
-    port: u16,
+    port: Option<u16>,
     secure_cookie: bool,
     dir: &Path,
 ) -> Gateway {
-    let mut proc = spawn_serve(
-        name,
-        port,
-        &["--pool", "redis"],
-        &[
-            ("REDIS_URL", redis.url.clone()),
-            ("HOLISTREAM_PASSWORD", PASSWORD.into()),
-            ("HOLISTREAM_GATEWAY_ID", name.into()),
-            ("HOLISTREAM_TRUSTED_PROXIES", "127.0.0.1/32".into()),
-            ("HOLISTREAM_SECURE_COOKIE", secure_cookie.to_string()),
-        ],
-        dir,
-    );
-    wait_healthy(&mut proc, port, GATEWAY_START).await;
-    Gateway { proc, port }
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("HOLISTREAM_PASSWORD", PASSWORD.into()),
+        ("HOLISTREAM_GATEWAY_ID", name.into()),
+        ("HOLISTREAM_TRUSTED_PROXIES", "127.0.0.1/32".into()),
+        ("HOLISTREAM_SECURE_COOKIE", secure_cookie.to_string()),
+    ];
+    start_serve(name, port, &["--pool", "redis"], &env, dir, GATEWAY_START).await
 }
 
-impl Gateway {
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-
-    /// One sample of its own `/metrics` (its listener, not through nginx).
-    async fn metric(&self, name: &str) -> f64 {
-        let resp = http_from(Ipv4Addr::LOCALHOST, self.addr(), "GET", "/metrics", &[], "").await;
-        assert_eq!(resp.status, 200, "/metrics on the gateway's own port");
-        resp.body
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in the gateway's /metrics"))
-    }
+/// One sample of a gateway's own `/metrics` (its listener, not through nginx).
+async fn gateway_metric(g: &Gateway, name: &str) -> f64 {
+    let resp = http_from(Ipv4Addr::LOCALHOST, g.addr(), "GET", "/metrics", &[], "").await;
+    assert_eq!(resp.status, 200, "/metrics on the gateway's own port");
+    metric_value(&resp.body, name).unwrap_or_else(|| panic!("{name} not in the gateway's /metrics"))
 }
 
 // ------------------------------------------------------------ nginx
-
-fn repo_file(path: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-}
 
 /// `text` with `from` replaced by `to`, where `from` occurs exactly once.
 fn rewrite(file: &str, text: &str, from: &str, to: &str) -> String {
@@ -182,7 +138,9 @@ async fn start_nginx(root: &Path, gateways: [&Gateway; 2], tls: bool) -> Nginx {
     );
     let conf = root.join("conf");
     std::fs::create_dir_all(conf.join("holistream")).unwrap();
-    let (http, https) = (free_port(), free_port());
+    // Both reserved at once (so they differ) until nginx is started.
+    let reserved = (FreePort::new(), FreePort::new());
+    let (http, https) = (reserved.0.port(), reserved.1.port());
 
     // The main file: the gateways' addresses (compose's host names resolve
     // on its network only), the pid file, and nginx's scratch folders (by
@@ -314,6 +272,7 @@ async fn start_nginx(root: &Path, gateways: [&Gateway; 2], tls: bool) -> Nginx {
     );
 
     let name = if tls { "nginx-tls" } else { "nginx" };
+    drop(reserved);
     let mut proc = Proc::spawn(name, nginx_cmd(&["-g", "daemon off;"]), true, root);
     let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http));
     let https = SocketAddr::from((Ipv4Addr::LOCALHOST, https));
@@ -327,101 +286,6 @@ async fn start_nginx(root: &Path, gateways: [&Gateway; 2], tls: bool) -> Nginx {
 }
 
 // ------------------------------------------------------------ raw HTTP
-
-/// An HTTP response's status, head and body.
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// The head and the body's start: enough to see who answered.
-impl std::fmt::Debug for Response {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let body: String = self.body.chars().take(300).collect();
-        write!(f, "{}\n\n{body}", self.head)
-    }
-}
-
-impl Response {
-    /// The value of header `name` (any case), if present.
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection from the loopback address
-/// `from`: nginx sees each such address as a different client. Written by
-/// hand because the client's source address must be chosen (and awc has no
-/// TLS here); the bodies are small, read until the server closes.
-async fn http_from(
-    from: Ipv4Addr,
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Response {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::from((from, 0)))
-        .unwrap_or_else(|e| panic!("binding {from}: {e}"));
-    let mut stream = actix_web::rt::time::timeout(HTTP_TIMEOUT, socket.connect(to))
-        .await
-        .unwrap_or_else(|_| panic!("connecting to {to} timed out"))
-        .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    actix_web::rt::time::timeout(HTTP_TIMEOUT, stream.read_to_end(&mut raw))
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path} on {to}: no complete answer"))
-        .unwrap_or_else(|e| panic!("{method} {path} on {to}: {e}"));
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path} on {to}: not HTTP: {text:?}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Response {
-        status,
-        head: head.to_string(),
-        body: if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    }
-}
-
-/// The payload of a chunked body (`<hex size>\r\n<data>\r\n`..., `0\r\n\r\n`).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
-            .unwrap_or_else(|_| panic!("bad chunk size {size:?}"));
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
-    }
-    out
-}
 
 /// `POST /auth/code` with `code` from `from` through `to`, as a browser on the
 /// page would send it, plus `headers`; the status.
@@ -440,7 +304,7 @@ async fn login_from(from: Ipv4Addr, to: SocketAddr, code: &str, headers: &[(&str
 /// Everything the test started; dropped (killed) on every way out, the
 /// folder of their logs last.
 struct Deployment {
-    redis: Redis,
+    redis: RedisServer,
     workers: Vec<Proc>,
     gateways: [Gateway; 2],
     nginx: Option<Nginx>,
@@ -449,7 +313,7 @@ struct Deployment {
 
 impl Deployment {
     fn print_logs(&self) {
-        let procs = [&self.redis.proc, &self.workers[0], &self.workers[1]];
+        let procs = [&self.workers[0], &self.workers[1]];
         let gateways = self.gateways.iter().map(|g| &g.proc);
         let nginx = self.nginx.iter().map(|n| &n.proc);
         for p in procs.into_iter().chain(gateways).chain(nginx) {
@@ -468,14 +332,14 @@ async fn the_shipped_nginx_serves_the_demo_plain_and_over_tls() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let redis = start_redis(dir.path()).await;
+    let redis = start_redis();
     // The workers load their models meanwhile.
     let workers = vec![
-        spawn_worker(&redis.url, "w1", dir.path()),
-        spawn_worker(&redis.url, "w2", dir.path()),
+        spawn_worker(&redis.url(), "w1", dir.path()),
+        spawn_worker(&redis.url(), "w2", dir.path()),
     ];
-    let g1 = start_gateway(&redis, "gateway1", free_port(), false, dir.path()).await;
-    let g2 = start_gateway(&redis, "gateway2", free_port(), false, dir.path()).await;
+    let g1 = start_gateway(&redis, "gateway1", None, false, dir.path()).await;
+    let g2 = start_gateway(&redis, "gateway2", None, false, dir.path()).await;
     let nginx = start_nginx(&dir.path().join("nginx-plain"), [&g1, &g2], false).await;
     let mut d = Deployment {
         redis,
@@ -485,11 +349,11 @@ async fn the_shipped_nginx_serves_the_demo_plain_and_over_tls() {
         dir,
     };
     for worker in &mut d.workers {
-        worker_ready(worker, &d.redis.url).await;
+        worker_ready(worker, &d.redis.url()).await;
     }
     // The browser last, once nothing else can fail at start: from here on a
     // failure closes it before the processes go.
-    let clip = browser_support::build_clip(d.dir.path());
+    let clip = support::browser::build_clip(d.dir.path());
     let driver = ChromeDriver::spawn();
     // The certificate of phase 4 is self-signed.
     let client = driver
@@ -555,7 +419,7 @@ async fn session_cookie(client: &Client) -> fantoccini::cookies::Cookie<'static>
 
 async fn screenshot(client: &Client, name: &str) {
     let shot = client.screenshot().await.expect("taking a screenshot");
-    let path = browser_support::artifacts_dir().join(name);
+    let path = support::browser::artifacts_dir().join(name);
     std::fs::write(&path, &shot).unwrap();
     println!("screenshot: {}", path.display());
 }
@@ -565,7 +429,7 @@ async fn screenshot(client: &Client, name: &str) {
 async fn streams_and_survives_a_gateway_kill(client: &Client, d: &mut Deployment) {
     let nginx = d.nginx.as_ref().unwrap().http;
     let base = format!("http://{nginx}");
-    browser_support::login_through_page(client, &base, PASSWORD).await;
+    support::browser::login_through_page(client, &base, PASSWORD).await;
     let state = results_after(client, 0, 5, "results through nginx").await;
     assert_eq!(state["camera"], "live", "{state}");
     let cookie = session_cookie(client).await;
@@ -573,40 +437,31 @@ async fn streams_and_survives_a_gateway_kill(client: &Client, d: &mut Deployment
 
     // The gateway that holds the page's WebSocket (sessions_active, read on
     // each gateway's own listener).
-    let mut holder = None;
-    let deadline = Instant::now() + PAGE_TIMEOUT;
-    while holder.is_none() {
-        let open = [
-            d.gateways[0].metric("holistream_sessions_active").await,
-            d.gateways[1].metric("holistream_sessions_active").await,
-        ];
-        holder = match open {
-            [1.0, 0.0] => Some(0),
-            [0.0, 1.0] => Some(1),
-            _ => None,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "the page's WebSocket on exactly one gateway: {open:?}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    let holder = holder.unwrap();
+    let holder = eventually_some(
+        PAGE_TIMEOUT,
+        "the page's WebSocket on exactly one gateway",
+        || async {
+            let open = [
+                gateway_metric(&d.gateways[0], "holistream_sessions_active").await,
+                gateway_metric(&d.gateways[1], "holistream_sessions_active").await,
+            ];
+            match open {
+                [1.0, 0.0] => Some(0),
+                [0.0, 1.0] => Some(1),
+                _ => None,
+            }
+        },
+    )
+    .await;
     let other = 1 - holder;
 
     let before = results(&client.execute(PAGE_STATE, vec![]).await.unwrap());
     d.gateways[holder].proc.kill();
-    let after = poll_js(
+    let after = results_after_reconnect(
         client,
         RESULTS_TIMEOUT,
         "results again after the gateway was killed",
-        PAGE_STATE,
-        |s| {
-            s["connection"] == "open"
-                && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
-                && results(s) >= before + 5
-                && landmark_counts_ok(&s["lastResult"])
-        },
+        before,
     )
     .await;
     assert_eq!(
@@ -620,7 +475,7 @@ async fn streams_and_survives_a_gateway_kill(client: &Client, d: &mut Deployment
         "the same cookie"
     );
     assert_eq!(
-        d.gateways[other].metric("holistream_sessions_active").await,
+        gateway_metric(&d.gateways[other], "holistream_sessions_active").await,
         1.0,
         "the page reconnected to the other gateway"
     );
@@ -628,7 +483,7 @@ async fn streams_and_survives_a_gateway_kill(client: &Client, d: &mut Deployment
     // The killed gateway comes back where nginx expects it.
     let name = if holder == 0 { "gateway1" } else { "gateway2" };
     let port = d.gateways[holder].port;
-    d.gateways[holder] = start_gateway(&d.redis, name, port, false, d.dir.path()).await;
+    d.gateways[holder] = start_gateway(&d.redis, name, Some(port), false, d.dir.path()).await;
 }
 
 /// Phase 2: the limiter keys on the client's address as nginx saw it, shared
@@ -733,7 +588,7 @@ async fn refuses_operator_routes(d: &mut Deployment) {
     );
     for g in &d.gateways {
         assert!(
-            g.metric("holistream_sessions_active").await >= 0.0,
+            gateway_metric(g, "holistream_sessions_active").await >= 0.0,
             "/metrics on the gateway's own port"
         );
     }
@@ -750,7 +605,7 @@ async fn streams_over_tls(client: &Client, d: &mut Deployment) {
     for (i, name) in ["gateway1", "gateway2"].into_iter().enumerate() {
         d.gateways[i].proc.kill();
         let port = d.gateways[i].port;
-        d.gateways[i] = start_gateway(&d.redis, name, port, true, d.dir.path()).await;
+        d.gateways[i] = start_gateway(&d.redis, name, Some(port), true, d.dir.path()).await;
     }
     let root = d.dir.path().join("nginx-tls");
     let nginx = start_nginx(&root, [&d.gateways[0], &d.gateways[1]], true).await;
@@ -807,7 +662,7 @@ async fn streams_over_tls(client: &Client, d: &mut Deployment) {
         "the browser was sent to HTTPS: {url}"
     );
     let base = format!("https://{https}");
-    browser_support::login_through_page(client, &base, PASSWORD).await;
+    support::browser::login_through_page(client, &base, PASSWORD).await;
     let state = results_after(client, 0, 5, "results over TLS").await;
     assert_eq!(state["camera"], "live", "{state}");
     screenshot(client, "nginx_tls.png").await;

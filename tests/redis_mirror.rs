@@ -9,16 +9,21 @@
 //! on a shared machine can time: these tests poll for outcomes with generous
 //! deadlines ([`OUTCOME`]) and print how long they took.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use common::*;
 use futures_util::SinkExt;
 use holistream::actors::protocol::FrameHeader;
 use holistream::http::Metrics;
 use holistream::http::store::{SessionStatus, SessionStore, StoreError, StoreSettings};
+use support::fixtures::test_jpeg;
+use support::http::*;
+use support::poll::eventually;
+use support::redis_server::RedisServer;
+use support::server::*;
+use support::ws::*;
 
 const CODE: &str = "mirror-code";
 
@@ -121,15 +126,7 @@ async fn redis_outage_fails_closed_and_recovers() {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     // Not ready while Redis is away.
-    assert_eq!(
-        client
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(readyz(&server).await, StatusCode::SERVICE_UNAVAILABLE);
     // The open stream still gets results.
     let frame = FrameHeader {
         seq: 1,
@@ -193,15 +190,7 @@ async fn start_with_redis_down_then_recover() {
         try_login(&server, CODE).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        http_client()
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(readyz(&server).await, StatusCode::SERVICE_UNAVAILABLE);
     redis.restart();
     eventually(Duration::from_secs(10), "logins once Redis is up", || {
         let server = &server;

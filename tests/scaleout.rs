@@ -15,24 +15,24 @@
 //! Every wait polls a condition with a deadline. The clients send frames at a
 //! fixed camera rate (15 fps), which is the load, not a wait.
 
-mod common;
-mod process_support;
+mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use holistream::actors::protocol::FrameHeader;
 use holistream::actors::remote::{JOBS_STREAM, RemotePool, RemotePoolConfig};
 use holistream::actors::{FrameFailure, FrameJob};
 use holistream::http::Metrics;
 use holistream::model::{Mode, Parts, TrackingState};
 use parking_lot::Mutex;
 
-use common::{RedisServer, free_port, test_jpeg};
-use process_support::{Proc, spawn_serve, spawn_worker, wait_for, wait_healthy, worker_ready};
+use support::fixtures::test_jpeg;
+use support::http::login_at;
+use support::poll::wait_for;
+use support::process::{Served, spawn_worker, start_serve, worker_ready};
+use support::redis_server::{RedisServer, consumers, pending_of};
+use support::ws::{Seen, StreamingClient};
 
 const PASSWORD: &str = "scale-out-test-code";
 const GATEWAY_START: Duration = Duration::from_secs(60);
@@ -41,200 +41,22 @@ const GATEWAY_START: Duration = Duration::from_secs(60);
 /// that load models, and the machine may have two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn redis_con(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connecting to the test redis")
-}
-
-/// The consumers of the workers' group (none while the stream or the group
-/// does not exist yet); any other error fails the test.
-fn consumer_infos(redis: &RedisServer) -> Vec<redis::streams::StreamInfoConsumer> {
-    let mut con = redis_con(redis);
-    let info: redis::RedisResult<redis::streams::StreamInfoConsumersReply> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(JOBS_STREAM)
-        .arg("workers")
-        .query(&mut con);
-    match info {
-        Ok(i) => i.consumers,
-        Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
-            Vec::new()
-        }
-        Err(e) => panic!("XINFO CONSUMERS failed: {e}"),
-    }
-}
-
-/// Names of the consumers of the workers' group.
-fn consumers(redis: &RedisServer) -> Vec<String> {
-    consumer_infos(redis).into_iter().map(|c| c.name).collect()
-}
-
-/// Jobs delivered to `consumer` and not yet acknowledged (0 if it is not in
-/// the group).
-fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
-    consumer_infos(redis)
-        .into_iter()
-        .find(|c| c.name == consumer)
-        .map_or(0, |c| c.pending)
-}
-
 /// A gateway: `holistream serve --pool redis` on a free loopback port.
-struct Gateway {
-    /// Kept for its drop (SIGKILL, the log printed on failure).
-    _proc: Proc,
-    base: String,
+async fn start_gateway(redis: &RedisServer, name: &str, dir: &Path) -> Served {
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("HOLISTREAM_PASSWORD", PASSWORD.into()),
+        ("HOLISTREAM_GATEWAY_ID", name.into()),
+    ];
+    start_serve(name, None, &["--pool", "redis"], &env, dir, GATEWAY_START).await
 }
 
-async fn start_gateway(redis: &RedisServer, name: &str, dir: &Path) -> Gateway {
-    let port = free_port();
-    let mut proc = spawn_serve(
-        name,
-        port,
-        &["--pool", "redis"],
-        &[
-            ("REDIS_URL", redis.url()),
-            ("HOLISTREAM_PASSWORD", PASSWORD.into()),
-            ("HOLISTREAM_GATEWAY_ID", name.into()),
-        ],
-        dir,
-    );
-    wait_healthy(&mut proc, port, GATEWAY_START).await;
-    Gateway {
-        _proc: proc,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-/// What a client saw, in order.
-#[derive(Debug, Clone)]
-enum Seen {
-    Result { at: Instant, pose: usize },
-    Error { at: Instant, code: String },
-}
-
-/// A WebSocket client streaming the same JPEG at 15 fps and recording every
-/// `result` and `error`, until `stop` is set.
-struct StreamingClient {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: tokio_util::sync::CancellationToken,
-    task: actix_web::rt::task::JoinHandle<()>,
-}
-
-impl StreamingClient {
-    async fn start(base: &str, jpeg: Bytes) -> StreamingClient {
-        let http = awc::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .finish();
-        let mut resp = http
-            .post(format!("{base}/auth/code"))
-            .send_json(&serde_json::json!({ "code": PASSWORD }))
-            .await
-            .expect("POST /auth/code");
-        assert_eq!(resp.status(), 200, "login: {:?}", resp.body().await);
-        let cookie = resp
-            .cookie(holistream::http::SESSION_COOKIE)
-            .map(|c| format!("{}={}", c.name(), c.value()))
-            .expect("session cookie");
-        let (_, conn) = awc::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .finish()
-            .ws(format!("{base}/ws"))
-            .origin(base)
-            .header("Cookie", cookie)
-            .max_frame_size(8 << 20)
-            .connect()
-            .await
-            .expect("WebSocket upgrade");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = actix_web::rt::spawn(stream_frames(conn, jpeg, seen.clone(), stop.clone()));
-        StreamingClient { seen, stop, task }
-    }
-
-    fn results_since(&self, t: Instant) -> usize {
-        self.seen
-            .lock()
-            .iter()
-            .filter(|s| matches!(s, Seen::Result { at, .. } if *at >= t))
-            .count()
-    }
-
-    fn errors_since(&self, t: Instant) -> Vec<String> {
-        self.seen
-            .lock()
-            .iter()
-            .filter_map(|s| match s {
-                Seen::Error { at, code } if *at >= t => Some(code.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn all(&self) -> Vec<Seen> {
-        self.seen.lock().clone()
-    }
-
-    async fn finish(self) -> Vec<Seen> {
-        self.stop.cancel();
-        let seen = self.seen.clone();
-        let _ = self.task.await;
-        seen.lock().clone()
-    }
-}
-
-async fn stream_frames(
-    conn: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
-    jpeg: Bytes,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let (mut tx, mut rx) = conn.split();
-    let mut camera = actix_web::rt::time::interval(Duration::from_millis(66));
-    let mut seq = 0u32;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = tx.send(awc::ws::Message::Close(None)).await;
-                return;
-            }
-            _ = camera.tick() => {
-                seq += 1;
-                let frame = FrameHeader { seq, capture_ts: seq as f64 * 66.0 }.encode(&jpeg);
-                if tx.send(awc::ws::Message::Binary(frame.into())).await.is_err() {
-                    return;
-                }
-            }
-            msg = rx.next() => {
-                let text = match msg {
-                    Some(Ok(awc::ws::Frame::Text(text))) => text,
-                    None | Some(Ok(awc::ws::Frame::Close(_))) | Some(Err(_)) => return,
-                    // A client that answers no pings is closed as not reading.
-                    Some(Ok(awc::ws::Frame::Ping(p))) => {
-                        if tx.send(awc::ws::Message::Pong(p)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let v: serde_json::Value = serde_json::from_slice(&text).expect("server sent JSON");
-                let at = Instant::now();
-                match v["type"].as_str() {
-                    Some("result") => {
-                        let pose = v["pose"].as_array().map_or(0, |p| p.len());
-                        seen.lock().push(Seen::Result { at, pose });
-                    }
-                    Some("error") => {
-                        let code = v["code"].as_str().unwrap_or("?").to_string();
-                        seen.lock().push(Seen::Error { at, code });
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
+/// A client logged in on `base`, streaming at 15 fps.
+async fn stream_on(base: &str, jpeg: Bytes) -> StreamingClient {
+    let cookie = login_at(base, PASSWORD).await;
+    StreamingClient::open(base, &cookie, jpeg)
+        .await
+        .expect("WebSocket upgrade")
 }
 
 #[actix_web::test]
@@ -254,8 +76,8 @@ async fn gateways_and_workers_join_fail_and_come_back() {
     worker_ready(&mut w2, &redis.url()).await;
 
     // Clients on both gateways get results, with landmarks from the real model.
-    let c1 = StreamingClient::start(&g1.base, jpeg.clone()).await;
-    let c2 = StreamingClient::start(&g2.base, jpeg.clone()).await;
+    let c1 = stream_on(&g1.base, jpeg.clone()).await;
+    let c2 = stream_on(&g2.base, jpeg.clone()).await;
     let t0 = Instant::now();
     wait_for(Duration::from_secs(60), "6 results on each gateway", || {
         c1.results_since(t0) >= 6 && c2.results_since(t0) >= 6
@@ -273,7 +95,7 @@ async fn gateways_and_workers_join_fail_and_come_back() {
     // job): it held at most one (one thread, COUNT 1), so at most one frame
     // is lost; both clients go on.
     wait_for(Duration::from_secs(30), "w1 holding a job", || {
-        pending_of(&redis, "w1-0") == 1
+        pending_of(&redis.url(), "w1-0") == 1
     })
     .await;
     // Until now both workers were alive: none of their jobs may have been
@@ -296,7 +118,7 @@ async fn gateways_and_workers_join_fail_and_come_back() {
     // The job the killed worker held was taken over by the survivor
     // (XAUTOCLAIM after --claim-idle-ms), not left pending for ever.
     wait_for(Duration::from_secs(20), "w1's job taken over by w2", || {
-        pending_of(&redis, "w1-0") == 0
+        pending_of(&redis.url(), "w1-0") == 0
     })
     .await;
     let errors: Vec<String> = [&c1, &c2]
@@ -348,7 +170,7 @@ async fn gateways_and_workers_join_fail_and_come_back() {
         );
     }
     // The clean stop removed its consumer; the killed one stays until swept.
-    assert!(!consumers(&redis).contains(&"w2-0".to_string()));
+    assert!(!consumers(&redis.url()).contains(&"w2-0".to_string()));
 
     // A new worker brings results back on both gateways.
     let mut w3 = spawn_worker(&redis.url(), "w3", dir.path());
@@ -411,7 +233,7 @@ async fn a_burst_is_trimmed_not_queued() {
     // keeps BACKLOG; the rest must be trimmed and answered.
     let answers =
         futures_util::future::join_all((1..=BURST).map(|seq| pool.submit(frame_job(seq, &jpeg))));
-    let mut con = redis_con(&redis);
+    let mut con = redis.con();
     let answers = tokio::time::timeout(Duration::from_secs(120), answers)
         .await
         .expect("every job of the burst answered");

@@ -1,14 +1,16 @@
 //! Streaming over `/ws` with the real server, real models, real JPEG frames:
 //! results, bad input, the session limit, and connection leaks.
 
-mod common;
-mod stream_support;
+mod support;
 
 use std::time::Duration;
 
 use awc::ws;
-use common::{TestServer, login, test_config, ws_connect};
-use stream_support::*;
+use support::fixtures::*;
+use support::http::*;
+use support::poll::eventually;
+use support::server::{TestServer, test_config};
+use support::ws::*;
 
 const PASSWORD: &str = "streaming-test-code";
 const ANSWER: Duration = Duration::from_secs(30);
@@ -218,7 +220,7 @@ async fn sessions_beyond_the_maximum_are_refused_with_503() {
     );
     // A slot frees when a session ends.
     drop(a);
-    common::eventually(
+    eventually(
         Duration::from_secs(10),
         "a session slot to free up",
         || async {
@@ -293,7 +295,7 @@ async fn connect_disconnect_cycles_leak_nothing() {
         drop(conn);
         if i == 20 {
             // Tasks alive when session 21 opened: the steady state.
-            common::eventually(Duration::from_secs(10), "sessions to close", || async {
+            eventually(Duration::from_secs(10), "sessions to close", || async {
                 metric(&metrics_text(&server).await, "holistream_sessions_active") == 0.0
             })
             .await;
@@ -301,7 +303,7 @@ async fn connect_disconnect_cycles_leak_nothing() {
             baseline = Some(resources(&server, tasks_family).await);
         }
     }
-    common::eventually(Duration::from_secs(15), "zero active sessions", || async {
+    eventually(Duration::from_secs(15), "zero active sessions", || async {
         metric(&metrics_text(&server).await, "holistream_sessions_active") == 0.0
     })
     .await;

@@ -4,13 +4,16 @@
 //! only, the wrong-code budget shared through Redis, the session token kept
 //! in its cookie, security headers, and the per-session WebSocket cap.
 
-mod common;
-mod stream_support;
+mod support;
 
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use common::*;
+use support::http::*;
+use support::poll::eventually;
+use support::redis_server::RedisServer;
+use support::server::*;
+use support::ws::*;
 
 const CODE: &str = "trust-boundary-entry-code";
 
@@ -238,12 +241,12 @@ async fn the_wrong_code_budget_is_shared_through_redis() {
         login_from(&b, CODE, None).await,
         StatusCode::TOO_MANY_REQUESTS
     );
-    let metrics = metrics_of(&b).await;
+    let metrics = metrics_text(&b).await;
     assert!(
         metrics.contains("holistream_login_failures_alert 0"),
         "2 failures here are under the ceiling of 3: {metrics}"
     );
-    let metrics = metrics_of(&a).await;
+    let metrics = metrics_text(&a).await;
     assert!(
         metrics.contains("holistream_login_failures_alert 0"),
         "{metrics}"
@@ -261,7 +264,7 @@ async fn the_wrong_code_budget_is_shared_through_redis() {
             StatusCode::UNAUTHORIZED
         );
     }
-    let metrics = metrics_of(&lone).await;
+    let metrics = metrics_text(&lone).await;
     assert!(
         metrics.contains("holistream_login_failures_alert 1"),
         "{metrics}"
@@ -270,18 +273,6 @@ async fn the_wrong_code_budget_is_shared_through_redis() {
         metrics.contains("holistream_login_failure_alerts_total 1"),
         "{metrics}"
     );
-}
-
-async fn metrics_of(server: &TestServer) -> String {
-    let body = http_client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// The session token is a bearer secret: the WebSocket `hello` carries a
@@ -438,9 +429,7 @@ async fn one_cookie_cannot_open_a_third_websocket() {
 /// answered `bad_frame`, and the worker lives on.
 #[actix_web::test]
 async fn frames_above_the_configured_size_are_bad_frames() {
-    use stream_support::{
-        frame, jpeg_640x480, metric, metrics_text, next_answer, open_session, send,
-    };
+    use support::fixtures::jpeg_640x480;
     let mut c = test_config(CODE);
     c.pool.max_frame_width = 320;
     c.pool.max_frame_height = 240;

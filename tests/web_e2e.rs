@@ -12,21 +12,23 @@
 //! `CHROMIUM` / `CHROMEDRIVER` override the paths) and `redis-server`. The
 //! screenshot lands in `$HOLISTREAM_ARTIFACTS` or `target/artifacts/`.
 
-mod browser_support;
-mod common;
+mod support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use browser_support::{
-    CLIP_PHOTOS, CLIP_SIZE, ChromeDriver, FRAMES_PER_PHOTO, PAGE_STATE, PAGE_TIMEOUT,
-    artifacts_dir, build_clip, landmark_counts_ok, letterbox, login_through_page, poll_js, results,
-    submit_code, wait_for_path,
-};
-use common::{RedisServer, TestServer};
 use fantoccini::{Client, Locator};
 use image::RgbImage;
 use serde_json::json;
+use support::browser::{
+    CLIP_PHOTOS, CLIP_SIZE, ChromeDriver, FRAMES_PER_PHOTO, PAGE_STATE, PAGE_TIMEOUT,
+    artifacts_dir, build_clip, landmark_counts_ok, letterbox, login_through_page, poll_js, results,
+    results_after_reconnect, submit_code, wait_for_path,
+};
+use support::http::{http_client, json_body};
+use support::port::FreePort;
+use support::redis_server::RedisServer;
+use support::server::{TestServer, test_config};
 
 const PASSWORD: &str = "e2e-entry-code-7f3a";
 /// Generous: the first results wait for the model workers and the browser's camera.
@@ -167,11 +169,11 @@ async fn text_of(client: &Client, css: &str) -> String {
 /// The server, on a fixed address so a restart comes back where the page
 /// reconnects, and sharing one Redis so the browser's session survives it.
 async fn start_server(addr: Option<SocketAddr>, redis: &RedisServer) -> TestServer {
-    let mut config = common::test_config(PASSWORD);
+    let mut config = test_config(PASSWORD);
     config.redis.url = Some(redis.url());
     let listener = match addr {
         Some(addr) => TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebinding {addr}: {e}")),
-        None => TcpListener::bind("127.0.0.1:0").expect("binding a test port"),
+        None => FreePort::new().into_listener(),
     };
     TestServer::start_on(listener, config).await
 }
@@ -234,13 +236,13 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
 
     // 2. A wrong password shows the server's own message (asked once here,
     // once through the page: two of the five failures the limiter allows).
-    let mut resp = common::http_client()
+    let mut resp = http_client()
         .post(server.url("/auth/code"))
         .send_json(&json!({ "code": "also-not-it" }))
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let server_message = common::json_body(&mut resp).await["error"]
+    let server_message = json_body(&mut resp).await["error"]
         .as_str()
         .expect("a 401 carries {\"error\": ...}")
         .to_string();
@@ -334,17 +336,11 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     .await;
     println!("during the restart the page shows: {}", down["connText"]);
     *server = start_server(Some(addr), redis).await;
-    let after = poll_js(
+    let after = results_after_reconnect(
         client,
         FIRST_RESULT_TIMEOUT,
         "results after the restart",
-        PAGE_STATE,
-        |s| {
-            s["connection"] == "open"
-                && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
-                && results(s) >= results_before + 5
-                && landmark_counts_ok(&s["lastResult"])
-        },
+        results_before,
     )
     .await;
     assert_eq!(

@@ -7,17 +7,20 @@
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`;
 //! `CHROMIUM` / `CHROMEDRIVER` override the paths).
 
-#![allow(dead_code)] // each test binary uses a different part of it
-
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::cell::RefCell;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use image::{RgbImage, imageops};
 use serde_json::{Value, json};
+
+use super::fixtures::fixtures;
+use super::poll::{poll_within, wait_blocking};
+use super::port::FreePort;
 
 /// The fake camera's frame size, a webcam's.
 pub const CLIP_SIZE: (u32, u32) = (640, 480);
@@ -29,10 +32,6 @@ pub const CLIP_PHOTOS: [&str; 3] = ["astronaut.png", "obama.jpg", "grace_hopper.
 pub const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------ the clip
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// Scales `photo` to fit 640x480 and centres it on black, as a webcam frame.
 pub fn letterbox(photo: &RgbImage) -> RgbImage {
@@ -110,12 +109,7 @@ pub struct ChromeDriver {
 impl ChromeDriver {
     pub fn spawn() -> ChromeDriver {
         let bin = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
-        // unwrap: binding port 0 on loopback only fails without a loopback.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = FreePort::new().release();
         let child = Command::new(&bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -123,17 +117,13 @@ impl ChromeDriver {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let mut driver = ChromeDriver { port, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+        let what = format!("chromedriver listening on port {port}");
+        wait_blocking(Duration::from_secs(20), &what, || {
             if let Ok(Some(status)) = driver.child.try_wait() {
                 panic!("chromedriver exited at start: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok()
+        });
         driver
     }
 
@@ -185,36 +175,40 @@ pub async fn poll_js(
     script: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let last = RefCell::new(Value::Null);
+    let value = poll_within(timeout, Duration::from_millis(100), || async {
         let value = client
             .execute(script, vec![])
             .await
             .expect("running a script in the page");
         if done(&value) {
-            return value;
+            return Some(value);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last: {value}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+        *last.borrow_mut() = value;
+        None
+    })
+    .await;
+    value.unwrap_or_else(|| {
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; last: {}",
+            last.borrow()
+        )
+    })
 }
 
 /// Waits until the page's URL has `path`.
 pub async fn wait_for_path(client: &Client, path: &str) {
-    let deadline = Instant::now() + PAGE_TIMEOUT;
-    loop {
+    let last = RefCell::new(None);
+    let reached = poll_within(PAGE_TIMEOUT, Duration::from_millis(50), || async {
         let url = client.current_url().await.expect("reading the URL");
-        if url.path() == path {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "page stayed at {url}, expected path {path}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        let at = url.path() == path;
+        *last.borrow_mut() = Some(url);
+        at.then_some(())
+    })
+    .await;
+    if reached.is_none() {
+        let url = last.borrow().clone().expect("the URL was read");
+        panic!("page stayed at {url}, expected path {path}");
     }
 }
 
@@ -288,6 +282,24 @@ pub fn landmark_counts_ok(result: &Value) -> bool {
         && counts["face"] == 468
         && hand_ok(&counts["left_hand"])
         && hand_ok(&counts["right_hand"])
+}
+
+/// Polls the page until it is connected again after at least one reconnect
+/// and shows 5 results more than `before`, the last with MediaPipe's
+/// landmark counts; returns the page's state.
+pub async fn results_after_reconnect(
+    client: &Client,
+    timeout: Duration,
+    what: &str,
+    before: u64,
+) -> Value {
+    poll_js(client, timeout, what, PAGE_STATE, |s| {
+        s["connection"] == "open"
+            && s["stats"]["reconnects"].as_u64().unwrap_or(0) >= 1
+            && results(s) >= before + 5
+            && landmark_counts_ok(&s["lastResult"])
+    })
+    .await
 }
 
 /// Where screenshots go: `$HOLISTREAM_ARTIFACTS`, or `target/artifacts/`.

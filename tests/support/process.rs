@@ -1,19 +1,17 @@
 //! Child processes for the tests that run the binary under test (`holistream
-//! serve`, `worker`) and the programs around it (`redis-server`, nginx) as
-//! real processes on loopback: spawned with their output in a log file,
-//! killed on drop, their log printed when a test fails; and the waits for
-//! them to be ready, each a poll with a deadline.
-//!
-//! The waits are async and never block the runtime: the tests' WebSocket
-//! clients or browser session run on the same thread (`actix_web::test` is
-//! single-threaded) and must go on sending, reading and answering pings.
-
-#![allow(dead_code)] // each test binary uses a different part of it
+//! serve`, `worker`, `loadgen`) and the programs around it (nginx) as real
+//! processes on loopback: spawned with their output in a log file, killed on
+//! drop, their log printed when a test fails; and the waits for them to be
+//! ready, each a poll ([`super::poll`]) with a deadline.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::poll::{EVERY, poll_within, wait_for};
+use super::port::FreePort;
+use super::redis_server::consumers;
 
 /// Model loading in a dev-profile worker, with other processes busy.
 pub const WORKER_START: Duration = Duration::from_secs(180);
@@ -118,16 +116,7 @@ impl Proc {
     /// Waits at most `bound` for the process to exit; its status, or `None`
     /// if it still runs.
     pub async fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-        }
+        poll_within(bound, EVERY, || std::future::ready(self.exited())).await
     }
 
     /// SIGTERM, then waits for the exit; panics if it takes over `bound`.
@@ -181,20 +170,6 @@ pub fn hermetic_command() -> Command {
         }
     }
     cmd
-}
-
-/// Polls `cond` every 20 ms until true; panics with `what` after `timeout`.
-/// Returns how long it took.
-pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 /// Starts `holistream serve <args> --host 127.0.0.1 --port <port>` serving
@@ -262,24 +237,6 @@ pub fn spawn_worker(redis_url: &str, name: &str, dir: &Path) -> Proc {
     )
 }
 
-/// Names of the consumers of the workers' group on the jobs stream (none
-/// while Redis, the stream or the group is not there).
-pub fn consumers(redis_url: &str) -> Vec<String> {
-    let Ok(mut con) = redis::Client::open(redis_url)
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(2))
-    else {
-        return Vec::new();
-    };
-    redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(holistream::actors::remote::JOBS_STREAM)
-        .arg(holistream::actors::remote::WORKERS_GROUP)
-        .query::<redis::streams::StreamInfoConsumersReply>(&mut con)
-        .map(|r| r.consumers.into_iter().map(|c| c.name).collect())
-        .unwrap_or_default()
-}
-
 /// Waits until the worker's thread reads the jobs stream (its consumer
 /// `<name>-0` is in the group), i.e. its model is loaded; panics with its
 /// log if it exits first.
@@ -291,4 +248,39 @@ pub async fn worker_ready(p: &mut Proc, redis_url: &str) {
         consumers(redis_url).contains(&consumer)
     })
     .await;
+}
+
+/// A `holistream serve` process on a loopback port, healthy.
+pub struct Served {
+    pub proc: Proc,
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl Served {
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// [`spawn_serve`] on `port` (a free one when `None`), then
+/// [`wait_healthy`] within `timeout`.
+pub async fn start_serve(
+    name: &str,
+    port: Option<u16>,
+    args: &[&str],
+    env: &[(&str, String)],
+    dir: &Path,
+    timeout: Duration,
+) -> Served {
+    let port = port.unwrap_or_else(|| FreePort::new().release());
+    let mut proc = spawn_serve(name, port, args, env, dir);
+    wait_healthy(&mut proc, port, timeout).await;
+    Served {
+        proc,
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
