@@ -51,9 +51,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holistream::actors::remote::{RemotePool, RemotePoolConfig};
-use holistream::actors::{FrameJob, InferencePool, PoolConfig};
-use holistream::http::Metrics;
+use holistream::actors::remote::RemotePool;
+use holistream::actors::{FrameJob, InferencePool};
+use holistream::config::{ModelConfig, PoolConfig, RemotePoolConfig};
+use holistream::metrics::Metrics;
 use holistream::model::{Mode, Parts, TrackingState};
 use holistream::stats::{median, percentile};
 
@@ -221,6 +222,7 @@ fn main() {
                 stall_deadline_ms: 60_000,
                 ..PoolConfig::default()
             },
+            &ModelConfig::default(),
             Metrics::new(),
         )
         .await
@@ -232,12 +234,12 @@ fn main() {
             ..RemotePoolConfig::default()
         };
         let mut cfg = PoolConfig {
-            kind: holistream::actors::remote::PoolKind::Redis,
+            kind: holistream::config::PoolKind::Redis,
             remote: remote_cfg.clone(),
             ..PoolConfig::default()
         };
         cfg.remote.redis_url = Some(url.clone());
-        let remote = InferencePool::start(&cfg, Metrics::new())
+        let remote = InferencePool::start(&cfg, &ModelConfig::default(), Metrics::new())
             .await
             .expect("remote pool");
         for seq in 0..3 {

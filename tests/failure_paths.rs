@@ -413,7 +413,7 @@ async fn loadgen_json_matches_the_server_metrics() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(status.success(), "loadgen: {status}\n{stdout}\n{stderr}");
-    let report: holistream::loadgen::LoadReport = serde_json::from_str(&stdout)
+    let report: holistream::commands::loadgen::LoadReport = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("loadgen --json printed no JSON report ({e}):\n{stdout}"));
     eprintln!(
         "loadgen report: {}",

@@ -10,8 +10,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use holistream::commands::parity::split_mjpeg;
 use holistream::model::image_input::{DecodeLimits, ImageInputError, decode_image_with};
-use holistream::model::parity::split_mjpeg;
 use support::fixtures::*;
 use support::http::*;
 use support::server::{TestServer, test_config};

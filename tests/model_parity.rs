@@ -15,7 +15,7 @@
 
 mod support;
 
-use holistream::model::parity::{
+use holistream::commands::parity::{
     BackendReport, Thresholds, check_clip, check_fused_against_burn, check_goldens, split_mjpeg,
 };
 use holistream::model::{Holistic, Mode};
@@ -132,7 +132,7 @@ fn tracking_mode_follows_mediapipe_on_the_clip() {
 /// the clip (whose tracked right hand is the hands' part of the check).
 #[test]
 fn parallel_branches_give_the_same_landmarks() {
-    use holistream::model::pipeline::Branches;
+    use holistream::config::Branches;
     use holistream::model::{Backend, Parts, ProcessOptions, TrackingState};
     let parallel = Holistic::load(Backend::Fused)
         .unwrap()

@@ -21,9 +21,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holistream::actors::remote::{JOBS_STREAM, RemotePool, RemotePoolConfig};
+use holistream::actors::remote::{JOBS_STREAM, RemotePool};
 use holistream::actors::{FrameFailure, FrameJob};
-use holistream::http::Metrics;
+use holistream::config::RemotePoolConfig;
+use holistream::metrics::Metrics;
 use holistream::model::{Mode, Parts, TrackingState};
 use parking_lot::Mutex;
 

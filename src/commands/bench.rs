@@ -760,9 +760,11 @@ mod tests {
     #[test]
     fn a_python_without_mediapipe_is_a_clear_error() {
         let err = MediaPipeTimes::measure(std::path::Path::new("/nonexistent/python"), &[], 1)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/python"), "{err}");
     }
+
     #[test]
     fn ratios_and_missing_values() {
         assert_eq!(super::ratio(Some(3.0), Some(2.0)), "1.50x");

@@ -194,7 +194,7 @@ pub fn spawn_serve(
 /// Waits until `proc`, a `holistream serve` on `127.0.0.1:<port>`, answers
 /// `/healthz`; panics with its log if it exits first.
 pub async fn wait_healthy(proc: &mut Proc, port: u16, timeout: Duration) {
-    let check = holistream::healthcheck::HealthcheckArgs {
+    let check = holistream::commands::healthcheck::HealthcheckArgs {
         port,
         host: "127.0.0.1".into(),
         timeout_ms: 500,
@@ -202,7 +202,7 @@ pub async fn wait_healthy(proc: &mut Proc, port: u16, timeout: Duration) {
     let what = format!("{} healthy", proc.name);
     wait_for(timeout, &what, || {
         proc.assert_running();
-        holistream::healthcheck::check(&check).is_ok()
+        holistream::commands::healthcheck::check(&check).is_ok()
     })
     .await;
 }
