@@ -79,7 +79,7 @@ fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
 }
 
 /// Every environment variable the binary reads: the `env` of each flag (from
-/// `--help`), the secrets and settings `src/config.rs` reads by name
+/// `--help`), the secrets and settings `src/config/` reads by name
 /// (`Config::apply_env`, `apply_env_settings`), the log filter, rayon's thread
 /// count (the nets' CPU backend) and the model's switches.
 fn variables_read() -> BTreeSet<String> {

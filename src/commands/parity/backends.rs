@@ -171,16 +171,9 @@ impl fmt::Display for BackendReport {
             f,
             "summary: {} parts compared{closest}: {}",
             self.compared(),
-            if failures.is_empty() {
-                "PASS".to_string()
-            } else {
-                format!("FAIL ({} problems)", failures.len())
-            }
+            verdict(&failures)
         )?;
-        for fail in failures {
-            write!(f, "\n  {fail}")?;
-        }
-        Ok(())
+        write_failures(f, &failures)
     }
 }
 

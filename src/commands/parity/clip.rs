@@ -111,16 +111,9 @@ impl fmt::Display for ClipReport {
             f,
             "summary: {} frames in tracking mode (error limit on pose and face): {}",
             self.frames,
-            if failures.is_empty() {
-                "PASS".to_string()
-            } else {
-                format!("FAIL ({} problems)", failures.len())
-            }
+            verdict(&failures)
         )?;
-        for fail in failures {
-            write!(f, "\n  {fail}")?;
-        }
-        Ok(())
+        write_failures(f, &failures)
     }
 }
 

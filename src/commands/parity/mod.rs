@@ -283,16 +283,9 @@ impl fmt::Display for ParityReport {
             },
             worst_mean * 100.0,
             self.thresholds.max_mean_err * 100.0,
-            if failures.is_empty() {
-                "PASS".to_string()
-            } else {
-                format!("FAIL ({} problems)", failures.len())
-            }
+            verdict(&failures)
         )?;
-        for fail in failures {
-            write!(f, "\n  {fail}")?;
-        }
-        Ok(())
+        write_failures(f, &failures)
     }
 }
 
@@ -490,6 +483,24 @@ pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
     }
     if failed {
         bail!("parity thresholds missed");
+    }
+    Ok(())
+}
+
+/// The last word of every report's summary line: `PASS`, or `FAIL (n
+/// problems)`.
+fn verdict<T>(failures: &[T]) -> String {
+    if failures.is_empty() {
+        "PASS".to_string()
+    } else {
+        format!("FAIL ({} problems)", failures.len())
+    }
+}
+
+/// Each failure on its own indented line, after a report's summary.
+fn write_failures<T: fmt::Display>(f: &mut fmt::Formatter<'_>, failures: &[T]) -> fmt::Result {
+    for fail in failures {
+        write!(f, "\n  {fail}")?;
     }
     Ok(())
 }
