@@ -115,6 +115,7 @@ fn job(seq: u32, jpeg: &Bytes) -> FrameJob {
         parts: Parts::default(),
         mode: Mode::Static,
         timestamp_us: 0,
+        people: 1,
         tracking: TrackingState::default(),
         starved: Duration::ZERO,
     }

@@ -19,6 +19,7 @@ fn shipped_weights_load_and_find_a_person() {
     let holistic = Holistic::load_default().expect("shipped weights load");
     let image = decode_image(&fixture("obama.jpg")).unwrap();
     let opts = ProcessOptions {
+        people: 1,
         mode: Mode::Static,
         parts: Parts::default(),
         timestamp_us: 0,
@@ -42,6 +43,7 @@ fn parts_switched_off_are_not_computed() {
     let holistic = Holistic::load_default().expect("shipped weights load");
     let image = decode_image(&fixture("obama.jpg")).unwrap();
     let opts = ProcessOptions {
+        people: 1,
         mode: Mode::Static,
         parts: Parts {
             pose: true,
@@ -60,6 +62,7 @@ fn parts_switched_off_are_not_computed() {
     assert_eq!(r.timings.hand_recrop + r.timings.hand_landmark, 0.0);
     // Face only: the pose runs (it locates the face) but is not returned.
     let opts = ProcessOptions {
+        people: 1,
         parts: Parts {
             pose: false,
             face: true,
@@ -80,6 +83,7 @@ fn tracking_mode_skips_detection_once_a_pose_is_found() {
     let image = decode_image(&fixture("obama.jpg")).unwrap();
     let mut state = TrackingState::default();
     let opts = |i: i64| ProcessOptions {
+        people: 1,
         mode: Mode::Tracking,
         parts: Parts::default(),
         timestamp_us: i * 33_333,
@@ -180,6 +184,7 @@ fn oversized_and_zero_sized_images_are_refused_before_decoding() {
 fn process_refuses_an_empty_image() {
     let holistic = Holistic::load_default().expect("shipped weights load");
     let opts = ProcessOptions {
+        people: 1,
         mode: Mode::Static,
         parts: Parts::default(),
         timestamp_us: 0,

@@ -150,6 +150,7 @@ fn parallel_branches_give_the_same_landmarks() {
         let (mut states_p, mut states_s) = (TrackingState::default(), TrackingState::default());
         for (i, (name, image)) in frames.iter().enumerate() {
             let opts = ProcessOptions {
+                people: 1,
                 mode,
                 parts: Parts::default(),
                 timestamp_us: (i as i64 + 1) * 33_333,

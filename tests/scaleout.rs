@@ -201,6 +201,7 @@ fn frame_job(seq: u32, jpeg: &Bytes) -> FrameJob {
         parts: Parts::default(),
         mode: Mode::Static,
         timestamp_us: 0,
+        people: 1,
         tracking: TrackingState::default(),
         starved: Duration::ZERO,
     }

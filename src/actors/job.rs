@@ -45,6 +45,8 @@ pub struct FrameJob {
     pub mode: Mode,
     /// Frame time in µs, monotonic per session (for the pipeline's filters).
     pub timestamp_us: i64,
+    /// Most people to find (1: single-person Holistic).
+    pub people: usize,
     /// The session's tracking state, handed to the pipeline for this frame.
     pub tracking: TrackingState,
     /// How long the session has gone without a result when it sends this
@@ -221,6 +223,7 @@ impl FrameJob {
     /// What the pipeline is asked to do with this frame.
     pub fn options(&self) -> ProcessOptions {
         ProcessOptions {
+            people: self.people,
             mode: self.mode,
             parts: self.parts,
             timestamp_us: self.timestamp_us,

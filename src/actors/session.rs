@@ -395,6 +395,7 @@ impl SessionActor {
             parts: self.parts,
             mode: Mode::Tracking,
             timestamp_us,
+            people: 1,
             tracking: self.tracking.take().unwrap_or_default(),
             starved: self.last_result.elapsed(),
         };

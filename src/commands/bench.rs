@@ -253,6 +253,7 @@ pub fn run(
     let mut tracking_times = Vec::new();
     for image in images {
         let opts = ProcessOptions {
+            people: 1,
             mode: Mode::Static,
             parts,
             timestamp_us: 0,
@@ -279,6 +280,7 @@ pub fn run(
         let mut state = TrackingState::default();
         for i in 0..=iters {
             let opts = ProcessOptions {
+                people: 1,
                 mode: Mode::Tracking,
                 parts,
                 timestamp_us: i as i64 * super::parity::FRAME_STEP_US,
@@ -398,6 +400,7 @@ pub fn throughput(
                 let mut state = TrackingState::default();
                 for i in 0..frames {
                     let opts = ProcessOptions {
+                        people: 1,
                         mode,
                         parts: Parts::default(),
                         timestamp_us: i as i64 * super::parity::FRAME_STEP_US,

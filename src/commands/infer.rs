@@ -35,6 +35,7 @@ pub fn infer(args: &InferArgs) -> anyhow::Result<()> {
     for (i, path) in args.images.iter().enumerate() {
         let image = load_image(path)?;
         let opts = ProcessOptions {
+            people: 1,
             mode: args.mode,
             parts: args.parts,
             // As MediaPipe's Python solution times a stream (first frame at

@@ -13,6 +13,8 @@
 //! - [`tracking`]: ROI tracking between frames, pose smoothing, [`TrackingState`].
 //! - [`pipeline`]: [`Holistic`], the graph that ties the stages together.
 //! - [`result`]: [`HolisticResult`], the wire format.
+//! - [`people`]: more than one person: detection passes beyond MediaPipe's
+//!   one, and which detection is which tracked person.
 //!
 //! The pipeline only: the commands that use it (`infer`, `parity`, `bench`)
 //! are in `commands`. Imports the root plumbing (`config` for `[model]` and
@@ -26,6 +28,7 @@ pub mod geometry;
 pub mod hands;
 pub mod image_input;
 pub mod nets;
+pub mod people;
 pub mod pipeline;
 pub mod pose;
 pub mod result;
@@ -35,7 +38,7 @@ pub mod warp;
 pub use holistream_nets::{Backend, Net, NetError, NetRunner};
 pub use image_input::{ImageInputError, decode_image};
 pub use pipeline::Holistic;
-pub use result::{HolisticResult, Landmark, PoseLandmark, StageTimings};
+pub use result::{HolisticResult, Landmark, Person, PoseLandmark, StageTimings};
 pub use tracking::TrackingState;
 
 use serde::{Deserialize, Serialize};
@@ -120,6 +123,14 @@ pub struct ProcessOptions {
     /// Frame time in microseconds; the pose filters need it increasing in
     /// tracking mode (MediaPipe's Python API uses 33 333 µs steps).
     pub timestamp_us: i64,
+    /// Most people to find: 1 is MediaPipe's single-person Holistic, exactly;
+    /// more runs the same per-person stages for every person found.
+    #[serde(default = "one_person")]
+    pub people: usize,
+}
+
+fn one_person() -> usize {
+    1
 }
 
 /// Errors of the pipeline boundary.

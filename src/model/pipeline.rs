@@ -7,8 +7,9 @@
 use super::anchors::Anchor;
 use super::geometry::{ImageSize, NormRect};
 use super::nets::NetOutputs;
-use super::result::{HolisticResult, PoseLandmark, StageTimings, landmarks};
-use super::tracking::{TrackingState, choose_roi};
+use super::people::{self, PersonFound};
+use super::result::{HolisticResult, StageTimings};
+use super::tracking::{DETECT_INTERVAL, PersonTrack, TrackingState, choose_roi};
 use super::warp::{CropTransform, TensorSpec, WarpError, crop_to_tensor};
 use super::{Mode, ModelError, ProcessOptions, face, hands, pose};
 use crate::config::{Branches, ModelConfig};
@@ -114,6 +115,8 @@ impl Holistic {
     /// frame; in [`Mode::Static`] `state` is neither read nor written.
     /// Parts switched off in `opts.parts` are not computed; the pose runs
     /// whenever any part is on, since face and hands are found from it.
+    /// With `opts.people` above 1, every person found goes through the same
+    /// stages ([`Holistic::people`]).
     pub fn process(
         &self,
         image: &RgbImage,
@@ -127,50 +130,222 @@ impl Holistic {
             return Err(ModelError::EmptyImage);
         }
         let size = ImageSize { width, height };
-        let tracking = opts.mode == Mode::Tracking;
-        let parts = opts.parts;
         let mut timings = StageTimings::default();
-        let mut result = HolisticResult::default();
-
-        let pose = if parts.pose || parts.face || parts.hands {
-            self.pose(
-                image,
-                size,
-                tracking,
-                opts.timestamp_us,
-                state,
-                &mut timings,
-            )?
+        let parts = opts.parts;
+        let mut result = if !(parts.pose || parts.face || parts.hands) {
+            if opts.mode == Mode::Tracking {
+                // Nothing ran: as after a frame without pose, the next one
+                // starts over.
+                state.people.clear();
+            }
+            HolisticResult::default()
+        } else if opts.people <= 1 {
+            self.one_person(image, size, opts, state, &mut timings)?
         } else {
-            None
+            self.people(image, size, opts, state, &mut timings)?
         };
-        let Some(pose) = pose else {
+        timings.total = ms_since(start);
+        result.timings = timings;
+        Ok(result)
+    }
+
+    /// MediaPipe's single-person graph: the tracked ROI, or the best
+    /// detection's, then [`Holistic::person`].
+    fn one_person(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        opts: &ProcessOptions,
+        state: &mut TrackingState,
+        timings: &mut StageTimings,
+    ) -> Result<HolisticResult, ModelError> {
+        let tracking = opts.mode == Mode::Tracking;
+        // The stream's one person (after a stream with more, the oldest).
+        let mut track = match tracking {
+            true if !state.people.is_empty() => {
+                let first = state.people.remove(0);
+                state.people.clear();
+                first
+            }
+            true => state.new_person(),
+            false => PersonTrack::default(),
+        };
+        let roi = match track.pose_roi.take() {
+            Some(roi) => Some(roi),
+            None => {
+                let t = Instant::now();
+                let roi = self.detect_poses(image, size)?.into_iter().next();
+                timings.pose_detection += ms_since(t);
+                roi
+            }
+        };
+        let found = match roi {
+            Some(roi) => self.person(image, size, &roi, opts, &mut track, timings)?,
+            None => None,
+        };
+        let Some(found) = found else {
             if tracking {
                 // No pose: MediaPipe resets the filters and the face and hand
                 // loops see nothing on the next frame.
-                *state = TrackingState::default();
+                state.people.clear();
             }
-            timings.total = ms_since(start);
-            result.timings = timings;
-            return Ok(result);
+            return Ok(HolisticResult::default());
         };
+        if tracking {
+            state.people.push(track);
+        }
+        let mut result = HolisticResult::default();
+        found.fill(&mut result, opts.parts);
+        Ok(result)
+    }
 
-        if parts.pose {
-            result.pose = pose
-                .body
-                .iter()
-                .map(|l| PoseLandmark {
-                    x: l.x,
-                    y: l.y,
-                    z: l.z,
-                    visibility: l.visibility,
-                })
-                .collect();
+    /// Several people, each through [`Holistic::person`], the stages of
+    /// MediaPipe's one person. In tracking mode every tracked person goes
+    /// first, oldest first, from its own ROI; one whose pose is lost is
+    /// dropped, and of two that converged on one body the older stays. Then,
+    /// while fewer than `opts.people` are found, pose detection (every frame
+    /// in static mode, or when nobody is tracked; otherwise at most every
+    /// [`DETECT_INTERVAL`] frames): on the whole frame (its first detection is
+    /// MediaPipe's one), then up to [`people::RECALL_PASSES`] more times on
+    /// the frame with everyone found so far painted over, which finds the
+    /// neighbours the detector's weighted NMS merged into them. A detection
+    /// on a person already found is that person; a new one gets the next id.
+    fn people(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        opts: &ProcessOptions,
+        state: &mut TrackingState,
+        timings: &mut StageTimings,
+    ) -> Result<HolisticResult, ModelError> {
+        let tracking = opts.mode == Mode::Tracking;
+        let max = opts.people;
+        let mut found: Vec<(PersonTrack, PersonFound)> = Vec::new();
+        if tracking {
+            for mut track in std::mem::take(&mut state.people) {
+                let Some(roi) = track.pose_roi.take() else {
+                    continue;
+                };
+                let Some(person) = self.person(image, size, &roi, opts, &mut track, timings)?
+                else {
+                    continue;
+                };
+                if !found
+                    .iter()
+                    .any(|(_, p)| people::same_person(&person.roi, &p.roi, size))
+                {
+                    found.push((track, person));
+                }
+            }
+        }
+        let due = !tracking || found.is_empty() || state.since_detection + 1 >= DETECT_INTERVAL;
+        if found.len() < max && due {
+            state.since_detection = 0;
+            let mut painted: Option<RgbImage> = None;
+            for _pass in 0..=people::RECALL_PASSES {
+                let t = Instant::now();
+                let rois = self.detect_poses(painted.as_ref().unwrap_or(image), size)?;
+                timings.pose_detection += ms_since(t);
+                let before = found.len();
+                for roi in rois {
+                    if found.len() >= max {
+                        break;
+                    }
+                    let known = |r: &NormRect, found: &[(PersonTrack, PersonFound)]| {
+                        found
+                            .iter()
+                            .any(|(_, p)| people::same_person(r, &p.roi, size))
+                    };
+                    if known(&roi, &found) {
+                        continue;
+                    }
+                    // Landmarks on the real frame, not the painted one.
+                    let mut track = PersonTrack::default();
+                    let Some(person) = self.person(image, size, &roi, opts, &mut track, timings)?
+                    else {
+                        continue;
+                    };
+                    if known(&person.roi, &found) {
+                        continue;
+                    }
+                    track.id = if tracking {
+                        state.new_person().id
+                    } else {
+                        found.len() as u32
+                    };
+                    found.push((track, person));
+                }
+                if found.len() >= max || found.len() == before {
+                    break;
+                }
+                painted = Some(people::without_faces(
+                    image,
+                    found.iter().map(|(_, p)| &p.pose),
+                ));
+            }
+        } else if tracking {
+            state.since_detection += 1;
         }
 
-        let prev_face = if tracking { state.face.take() } else { None };
+        let mut result = HolisticResult::default();
+        if let Some((_, first)) = found.first() {
+            first.fill(&mut result, opts.parts);
+        }
+        result.people = Some(
+            found
+                .iter()
+                .map(|(t, p)| p.to_person(t.id, opts.parts))
+                .collect(),
+        );
+        if tracking {
+            state.people = found.into_iter().map(|(t, _)| t).collect();
+        }
+        Ok(result)
+    }
+
+    /// One person's stages from its pose ROI (§4–8): the pose landmarks
+    /// (smoothed, and the next frame's ROI kept in `track`, when tracking),
+    /// then the face and both hands (tracked from `track`'s previous ones).
+    /// `None` when the pose is not found there. The same code for the one
+    /// person of MediaPipe's graph and for each of several.
+    fn person(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        roi: &NormRect,
+        opts: &ProcessOptions,
+        track: &mut PersonTrack,
+        timings: &mut StageTimings,
+    ) -> Result<Option<PersonFound>, ModelError> {
+        let tracking = opts.mode == Mode::Tracking;
+        let parts = opts.parts;
+        let t = Instant::now();
+        let found = match self.run(
+            Net::PoseLandmark,
+            image,
+            Some(roi),
+            &pose::LANDMARK_TENSOR,
+            true,
+        )? {
+            Some((outs, crop)) => {
+                let (lms, flag, heatmap) = pose::landmark_outputs(&outs)?;
+                pose::decode_landmarks(lms, flag, heatmap, roi, &crop)
+            }
+            None => None,
+        };
+        timings.pose_landmark += ms_since(t);
+        let Some(mut pose) = found else {
+            return Ok(None);
+        };
+        if tracking {
+            let filters = track.pose_filters.get_or_insert_with(Default::default);
+            filters.apply(&mut pose.body, &mut pose.aux, opts.timestamp_us, size);
+            track.pose_roi = Some(pose::aux_to_roi(&pose.aux, size));
+        }
+
+        let prev_face = if tracking { track.face.take() } else { None };
         let [prev_left, prev_right] = if tracking {
-            std::mem::take(&mut state.hands)
+            std::mem::take(&mut track.hands)
         } else {
             [None, None]
         };
@@ -228,7 +403,7 @@ impl Holistic {
                         let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
                         right_hand(&branch, false, &mut branch_timings)
                     });
-                    let main = face_and_left(self, false, &mut timings);
+                    let main = face_and_left(self, false, timings);
                     let right = right
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -239,91 +414,34 @@ impl Holistic {
                 (main?, right?)
             }
             _ => {
-                let main = face_and_left(self, true, &mut timings)?;
+                let main = face_and_left(self, true, timings)?;
                 let right = if parts.hands {
-                    right_hand(self, true, &mut timings)?
+                    right_hand(self, true, timings)?
                 } else {
                     None
                 };
                 (main, right)
             }
         };
-        if let Some(f) = &face {
-            result.face = landmarks(f);
-        }
-        let found_hands = [left, right];
-        if parts.hands {
-            result.left_hand = found_hands[0].as_deref().map(landmarks).unwrap_or_default();
-            result.right_hand = found_hands[1].as_deref().map(landmarks).unwrap_or_default();
-        }
-
         if tracking {
-            state.face = face;
-            state.hands = found_hands;
+            track.face = face.clone();
+            track.hands = [left.clone(), right.clone()];
         }
-        timings.total = ms_since(start);
-        result.timings = timings;
-        Ok(result)
+        Ok(Some(PersonFound {
+            roi: pose::aux_to_roi(&pose.aux, size),
+            pose,
+            face,
+            hands: [left, right],
+        }))
     }
 
-    /// §2–5 and §8: the pose, smoothed in tracking mode.
-    fn pose(
+    /// §2: every pose detection's ROI, in score order (MediaPipe's graph
+    /// keeps the first).
+    pub(crate) fn detect_poses(
         &self,
         image: &RgbImage,
         size: ImageSize,
-        tracking: bool,
-        timestamp_us: i64,
-        state: &mut TrackingState,
-        timings: &mut StageTimings,
-    ) -> Result<Option<pose::PoseLandmarks>, ModelError> {
-        let tracked_roi = if tracking {
-            state.pose_roi.take()
-        } else {
-            None
-        };
-        let roi = match tracked_roi {
-            Some(roi) => Some(roi),
-            None => {
-                let t = Instant::now();
-                let roi = self.detect_pose(image, size)?;
-                timings.pose_detection = ms_since(t);
-                roi
-            }
-        };
-        let Some(roi) = roi else { return Ok(None) };
-
-        let t = Instant::now();
-        let found = match self.run(
-            Net::PoseLandmark,
-            image,
-            Some(&roi),
-            &pose::LANDMARK_TENSOR,
-            true,
-        )? {
-            Some((outs, crop)) => {
-                let (lms, flag, heatmap) = pose::landmark_outputs(&outs)?;
-                pose::decode_landmarks(lms, flag, heatmap, &roi, &crop)
-            }
-            None => None,
-        };
-        timings.pose_landmark = ms_since(t);
-        let Some(mut found) = found else {
-            return Ok(None);
-        };
-
-        if tracking {
-            let filters = state.pose_filters.get_or_insert_with(Default::default);
-            filters.apply(&mut found.body, &mut found.aux, timestamp_us, size);
-            state.pose_roi = Some(pose::aux_to_roi(&found.aux, size));
-        }
-        Ok(Some(found))
-    }
-
-    fn detect_pose(
-        &self,
-        image: &RgbImage,
-        size: ImageSize,
-    ) -> Result<Option<NormRect>, ModelError> {
+    ) -> Result<Vec<NormRect>, ModelError> {
         let Some((outs, crop)) = self.run(
             Net::PoseDetection,
             image,
@@ -332,13 +450,13 @@ impl Holistic {
             true,
         )?
         else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let (boxes, scores) = pose::detection_outputs(&outs)?;
-        Ok(
-            pose::best_detection(boxes, scores, &self.pose_anchors, &crop)
-                .map(|d| pose::detection_to_roi(&d, size)),
-        )
+        Ok(pose::detections(boxes, scores, &self.pose_anchors, &crop)
+            .iter()
+            .map(|d| pose::detection_to_roi(d, size))
+            .collect())
     }
 
     /// §6: face detection inside the pose's head ROI, then the landmark net
@@ -367,7 +485,7 @@ impl Holistic {
             }
             None => None,
         };
-        timings.face_detection = ms_since(t);
+        timings.face_detection += ms_since(t);
         let Some(detection) = detection else {
             return Ok(None);
         };
@@ -389,7 +507,7 @@ impl Holistic {
             }
             None => None,
         };
-        timings.face_landmark = ms_since(t);
+        timings.face_landmark += ms_since(t);
         Ok(found)
     }
 

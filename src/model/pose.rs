@@ -91,17 +91,29 @@ pub fn best_detection(
     anchors: &[Anchor],
     crop: &CropTransform,
 ) -> Option<Detection> {
+    detections(boxes, scores, anchors, crop).into_iter().next()
+}
+
+/// Every detection after weighted NMS, in score order, in image-normalised
+/// coordinates: MediaPipe's graph keeps the first ([`best_detection`]); the
+/// multi-person pipeline takes them all.
+pub fn detections(
+    boxes: &[f32],
+    scores: &[f32],
+    anchors: &[Anchor],
+    crop: &CropTransform,
+) -> Vec<Detection> {
     let opts = DecodeOptions {
         num_coords: 12,
         num_keypoints: 4,
         scale: 224.0,
         min_score: MIN_DETECTION_SCORE,
     };
-    let mut best = weighted_nms(decode(boxes, scores, anchors, &opts), NMS_IOU)
-        .into_iter()
-        .next()?;
-    best.remove_letterbox(&crop.padding);
-    Some(best)
+    let mut all = weighted_nms(decode(boxes, scores, anchors, &opts), NMS_IOU);
+    for d in &mut all {
+        d.remove_letterbox(&crop.padding);
+    }
+    all
 }
 
 /// §3: ROI from the detection's keypoints 0 (mid-hip) and 1 (body size and

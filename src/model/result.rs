@@ -6,6 +6,10 @@
 //! not found (or not asked for) is an empty list. Left and right are the
 //! person's own.
 //!
+//! With `people` > 1 the result adds `"people":[{"id","pose","face",
+//! "left_hand","right_hand"}…]`, and the top-level parts are the first
+//! person's.
+//!
 //! Data only: the pipeline fills it, the actors serialise it.
 
 use serde::{Deserialize, Serialize};
@@ -40,15 +44,31 @@ pub struct StageTimings {
     pub total: f64,
 }
 
-/// What MediaPipe Holistic returns for one frame.
+/// What MediaPipe Holistic returns for one frame. With more than one
+/// person asked for, `people` lists everyone found and the top-level parts
+/// are the first person's (so a single-person reader is unchanged); with one,
+/// `people` is absent and the output is single-person Holistic's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HolisticResult {
     pub pose: Vec<PoseLandmark>,
     pub face: Vec<Landmark>,
     pub left_hand: Vec<Landmark>,
     pub right_hand: Vec<Landmark>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub people: Option<Vec<Person>>,
     #[serde(skip)]
     pub timings: StageTimings,
+}
+
+/// One person of a multi-person result: `id` is stable while the person is
+/// tracked in a stream (static mode numbers people in detection order).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: u32,
+    pub pose: Vec<PoseLandmark>,
+    pub face: Vec<Landmark>,
+    pub left_hand: Vec<Landmark>,
+    pub right_hand: Vec<Landmark>,
 }
 
 pub(crate) fn landmarks(points: &[[f32; 3]]) -> Vec<Landmark> {

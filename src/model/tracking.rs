@@ -13,9 +13,30 @@ use super::pose::{NUM_POSE_LANDMARKS, RawLandmark};
 use serde::{Deserialize, Serialize};
 
 /// Everything one video stream carries from a frame to the next in tracking
-/// mode. Static mode neither reads nor writes it.
+/// mode: the people being tracked, each with its own state, and what keeps
+/// their ids unique. Static mode neither reads nor writes it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TrackingState {
+    /// The people tracked into the next frame, oldest first (single-person
+    /// mode keeps at most one).
+    pub(crate) people: Vec<PersonTrack>,
+    /// The id the next new person gets: ids are never reused in a stream.
+    pub(crate) next_id: u32,
+    /// Frames since the pose detector last ran (multi-person mode runs it at
+    /// most every [`DETECT_INTERVAL`] frames while people are tracked).
+    pub(crate) since_detection: u32,
+}
+
+/// Frames between two runs of the pose detector while fewer people than
+/// asked for are tracked (and at least one is): a crowd does not pay for
+/// detection on every frame.
+pub const DETECT_INTERVAL: u32 = 5;
+
+/// One tracked person's state between frames.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PersonTrack {
+    /// Stable within the stream.
+    pub(crate) id: u32,
     /// The pose ROI for the next frame, from this frame's smoothed auxiliary
     /// landmarks; `None` makes the next frame run pose detection.
     pub(crate) pose_roi: Option<NormRect>,
@@ -29,9 +50,25 @@ pub struct TrackingState {
 
 impl TrackingState {
     /// True when the next frame will reuse this frame's pose ROI instead of
-    /// running the pose detector.
+    /// running the pose detector (single-person mode: its one person).
     pub fn is_tracking_pose(&self) -> bool {
-        self.pose_roi.is_some()
+        self.people.first().is_some_and(|p| p.pose_roi.is_some())
+    }
+
+    /// Ids of the people tracked into the next frame, oldest first.
+    pub fn people_ids(&self) -> Vec<u32> {
+        self.people.iter().map(|p| p.id).collect()
+    }
+
+    /// A new person's state, with the next id (never used before in this
+    /// stream).
+    pub(crate) fn new_person(&mut self) -> PersonTrack {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        PersonTrack {
+            id,
+            ..PersonTrack::default()
+        }
     }
 }
 

@@ -304,6 +304,7 @@ mod tests {
             job: 42,
             ttl_ms: 300,
             opts: ProcessOptions {
+                people: 1,
                 mode: Mode::Tracking,
                 parts: Parts {
                     pose: true,
@@ -336,6 +337,7 @@ mod tests {
             job: 7,
             ttl_ms: 1,
             opts: ProcessOptions {
+                people: 1,
                 mode: Mode::Static,
                 parts: Parts::default(),
                 timestamp_us: 0,

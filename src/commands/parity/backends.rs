@@ -196,6 +196,7 @@ pub fn compare_backends(
             (state_ref, state_other) = (TrackingState::default(), TrackingState::default());
         }
         let opts = ProcessOptions {
+            people: 1,
             mode,
             parts: Parts::default(),
             // As the goldens were made: 0 for stills, Python's for a stream.

@@ -171,6 +171,7 @@ pub fn check_clip(
             source: e.into(),
         })?;
         let opts = ProcessOptions {
+            people: 1,
             mode: Mode::Tracking,
             parts: Parts::default(),
             timestamp_us: python_timestamp_us(i),

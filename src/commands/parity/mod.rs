@@ -392,6 +392,7 @@ pub fn check_goldens(
             )));
         }
         let opts = ProcessOptions {
+            people: 1,
             mode: Mode::Static,
             parts: Parts::default(),
             timestamp_us: 0,
