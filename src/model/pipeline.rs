@@ -7,11 +7,11 @@
 use super::anchors::Anchor;
 use super::geometry::{ImageSize, NormRect};
 use super::nets::NetOutputs;
-use super::people::{self, PersonFound};
+use super::people::{self, Candidate, PersonFound};
 use super::result::{HolisticResult, StageTimings};
 use super::tracking::{DETECT_INTERVAL, PersonTrack, TrackingState, choose_roi};
 use super::warp::{CropTransform, TensorSpec, WarpError, crop_to_tensor};
-use super::{Mode, ModelError, ProcessOptions, face, hands, pose};
+use super::{Mode, ModelError, Parts, ProcessOptions, face, hands, pose};
 use crate::config::{Branches, ModelConfig};
 use holistream_nets::{Backend, Net, NetRunner};
 use image::RgbImage;
@@ -174,7 +174,11 @@ impl Holistic {
             Some(roi) => Some(roi),
             None => {
                 let t = Instant::now();
-                let roi = self.detect_poses(image, size)?.into_iter().next();
+                let roi = self
+                    .detect_poses(image, size)?
+                    .into_iter()
+                    .next()
+                    .map(|c| c.roi);
                 timings.pose_detection += ms_since(t);
                 roi
             }
@@ -210,6 +214,9 @@ impl Holistic {
     /// the frame with everyone found so far painted over, which finds the
     /// neighbours the detector's weighted NMS merged into them. A detection
     /// on a person already found is that person; a new one gets the next id.
+    /// The first person is found on the frame as it is, so it is exactly
+    /// what single-person mode finds; the others on the frame with the heads
+    /// found before them painted over ([`people::masked`]).
     fn people(
         &self,
         image: &RgbImage,
@@ -221,19 +228,23 @@ impl Holistic {
         let tracking = opts.mode == Mode::Tracking;
         let max = opts.people;
         let mut found: Vec<(PersonTrack, PersonFound)> = Vec::new();
+        // Everyone after the first is looked for on the frame with the heads
+        // found so far painted over: a crop of a person cut at the chest
+        // spans their neighbours, and the landmark net would lock onto the
+        // more salient one (measured on the pan clip: the third person's
+        // track drifted onto a neighbour within 2 to 15 frames).
+        let mut masked: Option<(usize, RgbImage)> = None;
         if tracking {
             for mut track in std::mem::take(&mut state.people) {
                 let Some(roi) = track.pose_roi.take() else {
                     continue;
                 };
-                let Some(person) = self.person(image, size, &roi, opts, &mut track, timings)?
+                let frame = people::masked(image, &found, &mut masked);
+                let Some(person) = self.person(frame, size, &roi, opts, &mut track, timings)?
                 else {
                     continue;
                 };
-                if !found
-                    .iter()
-                    .any(|(_, p)| people::same_person(&person.roi, &p.roi, size))
-                {
+                if !found.iter().any(|(_, p)| person.head.same_as(&p.head)) {
                     found.push((track, person));
                 }
             }
@@ -241,31 +252,30 @@ impl Holistic {
         let due = !tracking || found.is_empty() || state.since_detection + 1 >= DETECT_INTERVAL;
         if found.len() < max && due {
             state.since_detection = 0;
-            let mut painted: Option<RgbImage> = None;
             for _pass in 0..=people::RECALL_PASSES {
-                let t = Instant::now();
-                let rois = self.detect_poses(painted.as_ref().unwrap_or(image), size)?;
-                timings.pose_detection += ms_since(t);
                 let before = found.len();
-                for roi in rois {
+                let t = Instant::now();
+                let candidates =
+                    self.detect_poses(people::masked(image, &found, &mut masked), size)?;
+                timings.pose_detection += ms_since(t);
+                for candidate in candidates {
                     if found.len() >= max {
                         break;
                     }
-                    let known = |r: &NormRect, found: &[(PersonTrack, PersonFound)]| {
-                        found
-                            .iter()
-                            .any(|(_, p)| people::same_person(r, &p.roi, size))
-                    };
-                    if known(&roi, &found) {
+                    let face = people::Head::point(candidate.face, size);
+                    if found.iter().any(|(_, p)| p.head.covers(face)) {
                         continue;
                     }
-                    // Landmarks on the real frame, not the painted one.
                     let mut track = PersonTrack::default();
-                    let Some(person) = self.person(image, size, &roi, opts, &mut track, timings)?
+                    let frame = people::masked(image, &found, &mut masked);
+                    let Some(person) =
+                        self.person(frame, size, &candidate.roi, opts, &mut track, timings)?
                     else {
                         continue;
                     };
-                    if known(&person.roi, &found) {
+                    if found.iter().any(|(_, p)| person.head.same_as(&p.head))
+                        || !self.shows_a_face(frame, size, &person, opts.parts)?
+                    {
                         continue;
                     }
                     track.id = if tracking {
@@ -278,10 +288,6 @@ impl Holistic {
                 if found.len() >= max || found.len() == before {
                     break;
                 }
-                painted = Some(people::without_faces(
-                    image,
-                    found.iter().map(|(_, p)| &p.pose),
-                ));
             }
         } else if tracking {
             state.since_detection += 1;
@@ -428,20 +434,58 @@ impl Holistic {
             track.hands = [left.clone(), right.clone()];
         }
         Ok(Some(PersonFound {
-            roi: pose::aux_to_roi(&pose.aux, size),
+            head: people::Head::of(&pose.body, size),
             pose,
             face,
             hands: [left, right],
         }))
     }
 
-    /// §2: every pose detection's ROI, in score order (MediaPipe's graph
-    /// keeps the first).
+    /// Whether a newly detected person shows a face: its own face landmarks,
+    /// or (when the face is not asked for) a face detection in its head
+    /// ROI. A new person must: on the pan clip, poses that the landmark net
+    /// hallucinated between the people already found (on the painted frame)
+    /// came without one, every real person with one. A tracked person keeps
+    /// its id when it turns away.
+    fn shows_a_face(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        person: &PersonFound,
+        parts: Parts,
+    ) -> Result<bool, ModelError> {
+        if person.face.is_some() {
+            return Ok(true);
+        }
+        if parts.face {
+            return Ok(false);
+        }
+        let coarse = face::roi_from_pose(&person.pose.body, size);
+        Ok(
+            match self.run(
+                Net::FaceDetection,
+                image,
+                Some(&coarse),
+                &face::DETECTION_TENSOR,
+                true,
+            )? {
+                Some((outs, crop)) => {
+                    let (regressors, scores) = face::detection_outputs(&outs)?;
+                    face::best_detection(regressors, scores, &self.face_anchors, &crop, size)
+                        .is_some()
+                }
+                None => false,
+            },
+        )
+    }
+
+    /// §2: every pose detection, in score order (MediaPipe's graph keeps
+    /// the first): its ROI, and where its face is.
     pub(crate) fn detect_poses(
         &self,
         image: &RgbImage,
         size: ImageSize,
-    ) -> Result<Vec<NormRect>, ModelError> {
+    ) -> Result<Vec<Candidate>, ModelError> {
         let Some((outs, crop)) = self.run(
             Net::PoseDetection,
             image,
@@ -455,7 +499,11 @@ impl Holistic {
         let (boxes, scores) = pose::detection_outputs(&outs)?;
         Ok(pose::detections(boxes, scores, &self.pose_anchors, &crop)
             .iter()
-            .map(|d| pose::detection_to_roi(d, size))
+            .map(|d| Candidate {
+                roi: pose::detection_to_roi(d, size),
+                // The detector's box is the face's.
+                face: [d.bbox.xmin + d.bbox.w / 2.0, d.bbox.ymin + d.bbox.h / 2.0],
+            })
             .collect())
     }
 
