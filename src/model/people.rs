@@ -21,8 +21,6 @@ pub const RECALL_PASSES: usize = 2;
 /// What one person's stages found in a frame.
 #[derive(Clone, Debug)]
 pub(crate) struct PersonFound {
-    /// Where its head is: what tells people apart.
-    pub(crate) head: Head,
     pub(crate) pose: PoseLandmarks,
     pub(crate) face: Option<Vec<[f32; 3]>>,
     /// [left, right].
@@ -163,17 +161,15 @@ const RIGHT_EAR: usize = 8;
 /// count of people found and kept in `cache`.
 pub(crate) fn masked<'a, T>(
     image: &'a RgbImage,
-    found: &[(T, PersonFound)],
+    found: &[T],
+    pose_of: impl Fn(&T) -> &PoseLandmarks,
     cache: &'a mut Option<(usize, RgbImage)>,
 ) -> &'a RgbImage {
     if found.is_empty() {
         return image;
     }
     if cache.as_ref().map(|(n, _)| *n) != Some(found.len()) {
-        *cache = Some((
-            found.len(),
-            without_faces(image, found.iter().map(|(_, p)| &p.pose)),
-        ));
+        *cache = Some((found.len(), without_faces(image, found.iter().map(pose_of))));
     }
     // unwrap: set just above for this count.
     &cache.as_ref().unwrap().1
