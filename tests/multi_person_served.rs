@@ -7,7 +7,8 @@
 //!   `max_people`; `people` above the maximum is `bad_control`; with
 //!   `{"type":"config","people":3}` the results carry a `people` list with
 //!   stable distinct ids; back at `people` = 1 the `people` key is gone; a
-//!   client that never sends `people` never sees the key.
+//!   client that never sends `people` never sees the key; `loadgen --people`
+//!   counts the people per result.
 //! - `people_through_the_redis_pool`: the same clip through a gateway with
 //!   `pool.kind = redis`, a real `redis-server` and a `holistream worker`
 //!   process: `people` travels in the job's options and the list comes back.
@@ -22,6 +23,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use holistream::commands::loadgen::{self, LoadgenArgs};
 use holistream::config::{Config, PoolKind};
 use serde_json::{Value, json};
 
@@ -198,6 +200,47 @@ async fn people_through_the_local_pool() {
         assert!(r.get("people").is_none(), "{r}");
         assert_eq!(r["pose"].as_array().unwrap().len(), 33, "{r}");
     }
+    drop((conn, plain));
+
+    // `loadgen --people 3` asks for them and counts them.
+    let dir = tempfile::tempdir().unwrap();
+    let images: Vec<_> = [0, 60]
+        .iter()
+        .map(|i| {
+            let path = dir.path().join(format!("frame{i}.jpg"));
+            std::fs::write(&path, &frames[*i]).unwrap();
+            path
+        })
+        .collect();
+    let args = LoadgenArgs {
+        url: server.base(),
+        password: PASSWORD.into(),
+        clients: 1,
+        fps: 5.0,
+        duration: 2.0,
+        images,
+        size: "original".into(),
+        max_outstanding: 1,
+        json: true,
+        people: PEOPLE,
+    };
+    let report = loadgen::run(&args).await.expect("loadgen");
+    println!("{}", report.to_text());
+    let people = report.people.as_ref().expect("people counted");
+    assert_eq!(people.asked, PEOPLE);
+    assert!(report.results > 0, "{}", report.to_text());
+    assert_eq!(
+        people.histogram.values().sum::<u64>(),
+        report.results,
+        "every result carried people: {}",
+        report.to_text()
+    );
+    assert!(
+        (1.0..=PEOPLE as f64).contains(&people.mean),
+        "{}",
+        report.to_text()
+    );
+    assert!(report.errors.is_empty(), "{}", report.to_text());
 }
 
 #[actix_web::test]
