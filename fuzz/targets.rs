@@ -8,7 +8,7 @@
 
 #![allow(dead_code)] // each fuzz binary uses one target
 
-use holistream::actors::protocol::{ControlMessage, parse_control, parse_frame};
+use holistream::actors::protocol::{ControlLimits, ControlMessage, parse_control, parse_frame};
 use holistream::model::image_input::{DecodeLimits, ImageInputError, decode_image};
 
 /// The targets by name: the folders of `fuzz/corpus/` and `fuzz/regressions/`.
@@ -32,15 +32,30 @@ pub fn frame_header(data: &[u8]) {
 
 /// The fps cap the control target parses against (the server's default).
 const MAX_FPS: u32 = 30;
+/// The people cap it parses against (the server's default).
+const MAX_PEOPLE: usize = 6;
 
 /// A client's control text (`parse_control`): an accepted fps is within
-/// 1..=cap. Text frames reach it as UTF-8 (the WebSocket layer checks).
+/// 1..=cap, an accepted people count within 1..=cap. Text frames reach it as
+/// UTF-8 (the WebSocket layer checks).
 pub fn control_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(ControlMessage::Config { fps: Some(fps), .. }) = parse_control(text, MAX_FPS) {
-        assert!((1..=MAX_FPS).contains(&fps), "accepted fps {fps}");
+    let limits = ControlLimits {
+        max_fps: MAX_FPS,
+        max_people: MAX_PEOPLE,
+    };
+    if let Ok(ControlMessage::Config { fps, people, .. }) = parse_control(text, limits) {
+        if let Some(fps) = fps {
+            assert!((1..=MAX_FPS).contains(&fps), "accepted fps {fps}");
+        }
+        if let Some(people) = people {
+            assert!(
+                (1..=MAX_PEOPLE).contains(&people),
+                "accepted people {people}"
+            );
+        }
     }
 }
 
