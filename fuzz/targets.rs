@@ -8,7 +8,7 @@
 
 #![allow(dead_code)] // each fuzz binary uses one target
 
-use holistream::actors::protocol::{ControlMessage, parse_control, parse_frame};
+use holistream::actors::protocol::{ControlLimits, ControlMessage, parse_control, parse_frame};
 use holistream::model::image_input::{DecodeLimits, ImageInputError, decode_image};
 
 /// The targets by name: the folders of `fuzz/corpus/` and `fuzz/regressions/`.
@@ -30,17 +30,29 @@ pub fn frame_header(data: &[u8]) {
     }
 }
 
-/// The fps cap the control target parses against (the server's default).
-const MAX_FPS: u32 = 30;
+/// The limits the control target parses against (the server's defaults).
+const LIMITS: ControlLimits = ControlLimits {
+    max_fps: 30,
+    max_people: 6,
+};
 
 /// A client's control text (`parse_control`): an accepted fps is within
-/// 1..=cap. Text frames reach it as UTF-8 (the WebSocket layer checks).
+/// 1..=cap and an accepted people within 1..=max_people. Text frames reach
+/// it as UTF-8 (the WebSocket layer checks).
 pub fn control_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(ControlMessage::Config { fps: Some(fps), .. }) = parse_control(text, MAX_FPS) {
-        assert!((1..=MAX_FPS).contains(&fps), "accepted fps {fps}");
+    if let Ok(ControlMessage::Config { fps, people, .. }) = parse_control(text, LIMITS) {
+        if let Some(fps) = fps {
+            assert!((1..=LIMITS.max_fps).contains(&fps), "accepted fps {fps}");
+        }
+        if let Some(people) = people {
+            assert!(
+                (1..=LIMITS.max_people).contains(&people),
+                "accepted people {people}"
+            );
+        }
     }
 }
 
