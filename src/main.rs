@@ -42,6 +42,8 @@ enum Command {
     Healthcheck(commands::healthcheck::HealthcheckArgs),
     /// Print the Holistic landmarks of images as JSON (optionally drawn).
     Infer(commands::infer::InferArgs),
+    /// Track people through an MJPEG clip; prints one JSON line per frame.
+    Track(commands::track::TrackArgs),
     /// Compare with MediaPipe's golden outputs; exits non-zero on a missed threshold.
     Parity(commands::parity::ParityArgs),
     /// Time each net and whole frames, beside MediaPipe's numbers.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
             commands::healthcheck::check(&args).map_err(anyhow::Error::from)
         }
         Command::Infer(args) => commands::infer::infer(&args),
+        Command::Track(args) => commands::track::track(&args),
         Command::Parity(args) => commands::parity::parity(&args),
         Command::Bench(args) => commands::bench::bench(&args),
     };

@@ -4,9 +4,13 @@
 //! 0.10.14, Apache-2.0), the same pairs as `web/connections.js`; the face is
 //! drawn with its contours (lips, eyes, eyebrows, oval), not the full tessellation.
 //!
+//! With several people (`infer --people N`), each person is drawn in a
+//! colour of its own with its id beside the head (a small built-in digit
+//! font: no font file is shipped).
+//!
 //! Tooling for `infer --draw`; the pipeline never draws.
 
-use crate::model::{HolisticResult, Landmark};
+use crate::model::{HolisticResult, Landmark, Person};
 use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_line_segment_mut};
 
@@ -208,8 +212,25 @@ const FACE_COLOUR: Rgb<u8> = Rgb([192, 192, 192]);
 const LEFT_HAND_COLOUR: Rgb<u8> = Rgb([48, 255, 48]);
 const RIGHT_HAND_COLOUR: Rgb<u8> = Rgb([48, 128, 255]);
 
-/// Draws `result` onto a copy of `image`; line width and point size follow the image size.
+/// One colour per person of a multi-person result, by id (cycling).
+const PERSON_COLOURS: [Rgb<u8>; 8] = [
+    Rgb([255, 64, 64]),
+    Rgb([64, 220, 64]),
+    Rgb([64, 128, 255]),
+    Rgb([255, 200, 0]),
+    Rgb([220, 64, 255]),
+    Rgb([0, 220, 220]),
+    Rgb([255, 128, 0]),
+    Rgb([255, 255, 255]),
+];
+
+/// Draws `result` onto a copy of `image`; line width and point size follow
+/// the image size. A multi-person result (`people` present) is drawn person
+/// by person ([`draw_people`]).
 pub fn draw(image: &RgbImage, result: &HolisticResult) -> RgbImage {
+    if let Some(people) = &result.people {
+        return draw_people(image, people);
+    }
     let mut out = image.clone();
     let (w, h) = (image.width() as f32, image.height() as f32);
     let radius = ((w.max(h) / 300.0).round() as i32).max(2);
@@ -230,6 +251,90 @@ pub fn draw(image: &RgbImage, result: &HolisticResult) -> RgbImage {
     }
     points(&mut out, &pose, radius, POSE_POINT);
     out
+}
+
+/// Draws every person onto a copy of `image`, each in its colour (by id),
+/// with its id written above the head.
+pub fn draw_people(image: &RgbImage, people: &[Person]) -> RgbImage {
+    let mut out = image.clone();
+    let (w, h) = (image.width() as f32, image.height() as f32);
+    let radius = ((w.max(h) / 300.0).round() as i32).max(2);
+    let xy = |l: &Landmark| (l.x * w, l.y * h);
+    for person in people {
+        let colour = PERSON_COLOURS[person.id as usize % PERSON_COLOURS.len()];
+        let pose: Vec<(f32, f32)> = person.pose.iter().map(|l| (l.x * w, l.y * h)).collect();
+        lines(&mut out, &pose, &POSE_CONNECTIONS, colour);
+        let face: Vec<(f32, f32)> = person.face.iter().map(xy).collect();
+        lines(&mut out, &face, &FACE_CONTOURS, colour);
+        for hand in [&person.left_hand, &person.right_hand] {
+            let pts: Vec<(f32, f32)> = hand.iter().map(xy).collect();
+            lines(&mut out, &pts, &HAND_CONNECTIONS, colour);
+            points(&mut out, &pts, (radius / 2).max(1), colour);
+        }
+        points(&mut out, &pose, radius, colour);
+        // The id above the head: the top of the face, else of the pose's head.
+        let head: Vec<(f32, f32)> = if face.is_empty() {
+            pose.iter().take(11).copied().collect()
+        } else {
+            face.clone()
+        };
+        let finite = head.iter().filter(|p| p.0.is_finite() && p.1.is_finite());
+        let (mut x, mut top) = (0.0f32, f32::MAX);
+        let mut n = 0;
+        for p in finite {
+            x += p.0;
+            top = top.min(p.1);
+            n += 1;
+        }
+        if n > 0 {
+            let scale = (radius * 2).max(3);
+            let text = person.id.to_string();
+            let width = text.len() as i32 * 4 * scale;
+            let x0 = (x / n as f32) as i32 - width / 2;
+            let y0 = (top as i32 - 7 * scale).max(0);
+            digits(&mut out, &text, x0, y0, scale, colour);
+        }
+    }
+    out
+}
+
+/// 3×5 bitmaps of the digits, one row per `u8` (bit 2 = left column).
+const DIGITS: [[u8; 5]; 10] = [
+    [7, 5, 5, 5, 7],
+    [2, 6, 2, 2, 7],
+    [7, 1, 7, 4, 7],
+    [7, 1, 7, 1, 7],
+    [5, 5, 7, 1, 1],
+    [7, 4, 7, 1, 7],
+    [7, 4, 7, 5, 7],
+    [7, 1, 1, 1, 1],
+    [7, 5, 7, 5, 7],
+    [7, 5, 7, 1, 7],
+];
+
+/// Writes the decimal digits of `text` at (`x0`, `y0`), each bitmap pixel a
+/// `scale`-pixel square; off-image pixels are skipped.
+fn digits(img: &mut RgbImage, text: &str, x0: i32, y0: i32, scale: i32, colour: Rgb<u8>) {
+    for (i, c) in text.chars().enumerate() {
+        let Some(d) = c.to_digit(10) else { continue };
+        let left = x0 + i as i32 * 4 * scale;
+        for (row, bits) in DIGITS[d as usize].iter().enumerate() {
+            for col in 0..3 {
+                if bits & (4 >> col) == 0 {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (x, y) = (left + col * scale + dx, y0 + row as i32 * scale + dy);
+                        if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height()
+                        {
+                            img.put_pixel(x as u32, y as u32, colour);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn lines(img: &mut RgbImage, pts: &[(f32, f32)], pairs: &[(usize, usize)], colour: Rgb<u8>) {
@@ -279,5 +384,26 @@ mod tests {
         let out = draw(&img, &r);
         assert_eq!(out.get_pixel(20, 20), &LEFT_HAND_COLOUR);
         assert_eq!(img.get_pixel(20, 20), &Rgb([0, 0, 0]));
+    }
+
+    #[test]
+    fn people_are_drawn_in_their_colours_with_their_ids() {
+        let img = RgbImage::new(100, 100);
+        let at = |x, y| Landmark { x, y, z: 0.0 };
+        let person = |id, x| Person {
+            id,
+            face: vec![at(x, 0.5); 468],
+            ..Person::default()
+        };
+        let r = HolisticResult {
+            people: Some(vec![person(0, 0.25), person(1, 0.75)]),
+            ..HolisticResult::default()
+        };
+        let out = draw(&img, &r);
+        assert_eq!(out.get_pixel(25, 50), &PERSON_COLOURS[0]);
+        assert_eq!(out.get_pixel(75, 50), &PERSON_COLOURS[1]);
+        // An id above each head.
+        let above = |x0: u32, c| (x0..x0 + 20).any(|x| (20..50).any(|y| out.get_pixel(x, y) == c));
+        assert!(above(15, &PERSON_COLOURS[0]) && above(65, &PERSON_COLOURS[1]));
     }
 }

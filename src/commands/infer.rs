@@ -22,6 +22,11 @@ pub struct InferArgs {
     /// Parts to compute, comma separated.
     #[arg(long, default_value = "pose,face,hands")]
     pub parts: Parts,
+    /// Most people to find per image: 1 is MediaPipe's single-person
+    /// Holistic; more adds `"people":[{"id",…}]` to the JSON (the top-level
+    /// parts stay the first person's) and `--draw` draws everyone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub people: u64,
     /// Write the image with landmarks and connections drawn (PNG); with several
     /// images, `-N` is appended to the file stem for the N-th.
     #[arg(long)]
@@ -35,7 +40,7 @@ pub fn infer(args: &InferArgs) -> anyhow::Result<()> {
     for (i, path) in args.images.iter().enumerate() {
         let image = load_image(path)?;
         let opts = ProcessOptions {
-            people: 1,
+            people: args.people as usize,
             mode: args.mode,
             parts: args.parts,
             // As MediaPipe's Python solution times a stream (first frame at

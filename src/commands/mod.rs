@@ -6,6 +6,7 @@
 //! - [`serve`]: the HTTP server (`http::run`) until a signal.
 //! - [`worker`]: the remote inference process (`actors::remote::consumer`).
 //! - [`infer`]: landmarks of images as JSON, optionally drawn ([`draw`]).
+//! - [`track`]: an MJPEG clip in tracking mode, one JSON line per frame.
 //! - [`parity`]: the pipeline against MediaPipe's golden outputs.
 //! - [`bench`]: per-net and per-frame times beside MediaPipe's.
 //! - [`loadgen`]: real WebSocket clients measuring a running server.
@@ -18,6 +19,7 @@ pub mod infer;
 pub mod loadgen;
 pub mod parity;
 pub mod serve;
+pub mod track;
 pub mod worker;
 
 use std::path::Path;

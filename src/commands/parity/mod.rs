@@ -10,7 +10,7 @@
 //!
 //! Here: the goldens' format, one frame's comparison and the photo folder;
 //! [`clip`]: a clip in tracking mode; [`backends`]: two pipelines against
-//! each other.
+//! each other; [`multi`]: several people per photo (`DIR/multi/golden`).
 //!
 //! Tooling, not the pipeline: it compares `model`'s answers and changes nothing
 //! in it.
@@ -30,9 +30,11 @@ use crate::model::{
 
 mod backends;
 mod clip;
+mod multi;
 
 pub use backends::*;
 pub use clip::*;
+pub use multi::*;
 
 /// Images on which MediaPipe's pose presence is a knife edge (see the testdata
 /// README): there pose presence may differ, and when it does, the parts found
@@ -439,6 +441,10 @@ pub struct ParityArgs {
     /// Compare only the first N frames of the clip.
     #[arg(long)]
     pub video_frames: Option<usize>,
+    /// Largest mean face error of a person of `DIR/multi/golden`, as a
+    /// fraction of the golden face's diagonal (checked when that folder exists).
+    #[arg(long, default_value_t = 0.03)]
+    pub max_multi_face_err: f64,
 }
 
 /// Runs `holistream parity`.
@@ -450,6 +456,11 @@ pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
     let report = check_dir(&holistic, &args.dir, thresholds)?;
     println!("{report}");
     let mut failed = !report.passed();
+    if args.dir.join("multi/golden").is_dir() {
+        let multi = check_multi(&holistic, &args.dir, args.max_multi_face_err)?;
+        println!("{multi}");
+        failed |= !multi.failures().is_empty();
+    }
     // The fused kernels against the generated burn code on the same photos:
     // the only check of hands in still images (the in-repo photos show none).
     let images = args.dir.join("images");

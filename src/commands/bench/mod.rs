@@ -9,8 +9,17 @@
 //! per second with one worker (one `Holistic`) per thread, all started
 //! together, for 1 worker and for one per core.
 //!
+//! With `--people 1,3,6`, also multi-person frames ([`people`]): static on
+//! three group photos, tracking on the pan clip, per people count.
+//! `--profile`: the fused kernels by layer kind ([`profile`]).
+//!
 //! Tooling, not the pipeline: it times `model` from the outside and changes
 //! nothing in it.
+
+mod people;
+mod profile;
+
+pub use people::{PeopleBench, PeopleRow, bench_people};
 
 use std::path::{Path, PathBuf};
 
@@ -61,7 +70,7 @@ pub struct MediaPipeTimes {
 }
 
 /// The script that measures MediaPipe (run by [`MediaPipeTimes::measure`]).
-const MEDIAPIPE_BENCH_PY: &str = include_str!("mediapipe_bench.py");
+const MEDIAPIPE_BENCH_PY: &str = include_str!("../mediapipe_bench.py");
 
 impl MediaPipeTimes {
     /// The brief's figures for this kind of machine (not measured here).
@@ -608,6 +617,10 @@ pub struct BenchArgs {
     /// without it the ratios use reference figures for this kind of machine.
     #[arg(long, value_name = "PYTHON")]
     pub mediapipe: Option<PathBuf>,
+    /// Also time multi-person frames for each of these people counts
+    /// (e.g. `1,3,6`), static on group photos and tracking on the pan clip.
+    #[arg(long, value_delimiter = ',')]
+    pub people: Vec<usize>,
 }
 
 /// Runs `holistream bench`.
@@ -688,55 +701,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!("{comparison}");
-    if args.profile {
-        print_profile()?;
+    if !args.people.is_empty() {
+        let holistic = super::load_holistic()?;
+        println!("{}", bench_people(&holistic, &args.people, args.iters)?);
     }
-    Ok(())
-}
-
-/// Per net: the fused kernels' time by layer kind (sum of per-layer minima
-/// over a few runs, so scheduling noise does not pile up).
-fn print_profile() -> anyhow::Result<()> {
-    let nets = holistream_nets::FusedNets::load()?;
-    println!(
-        "== fused kernels, where the time goes ({})",
-        nets.isa().name()
-    );
-    for net in Net::ALL {
-        let (h, w) = net.input_size();
-        let input = vec![0.5f32; h * w * 3];
-        let runs = (0..10)
-            .map(|_| nets.profile(net, &input))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut by_kind: Vec<(String, f64)> = Vec::new();
-        let mut total = 0.0;
-        for (i, (name, _)) in runs[0].iter().enumerate() {
-            let best = runs
-                .iter()
-                .map(|r| r[i].1.as_secs_f64() * 1e3)
-                .fold(f64::INFINITY, f64::min);
-            total += best;
-            // "pointwise k=24 64x64x144" -> "pointwise"; "depthwise 3x3/1 ..." -> "depthwise 3x3/1".
-            let kind = name.rsplit_once(' ').map_or(name.as_str(), |(k, _)| k);
-            let kind = kind.split(" k=").next().unwrap_or(kind).to_string();
-            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, t)) => *t += best,
-                None => by_kind.push((kind, best)),
-            }
-        }
-        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let parts: Vec<String> = by_kind
-            .iter()
-            .take(6)
-            .map(|(k, t)| format!("{k} {:.0}%", 100.0 * t / total))
-            .collect();
-        println!(
-            "{:<28} {:6.2} ms ({} layers): {}",
-            net.name(),
-            total,
-            runs[0].len(),
-            parts.join(", ")
-        );
+    if args.profile {
+        profile::print_profile()?;
     }
     Ok(())
 }
