@@ -30,29 +30,26 @@ pub fn frame_header(data: &[u8]) {
     }
 }
 
-/// The fps cap the control target parses against (the server's default).
-const MAX_FPS: u32 = 30;
-/// The people cap it parses against (the server's default).
-const MAX_PEOPLE: usize = 6;
+/// The limits the control target parses against (the server's defaults).
+const LIMITS: ControlLimits = ControlLimits {
+    max_fps: 30,
+    max_people: 6,
+};
 
 /// A client's control text (`parse_control`): an accepted fps is within
-/// 1..=cap, an accepted people count within 1..=cap. Text frames reach it as
-/// UTF-8 (the WebSocket layer checks).
+/// 1..=cap and an accepted people within 1..=max_people. Text frames reach
+/// it as UTF-8 (the WebSocket layer checks).
 pub fn control_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let limits = ControlLimits {
-        max_fps: MAX_FPS,
-        max_people: MAX_PEOPLE,
-    };
-    if let Ok(ControlMessage::Config { fps, people, .. }) = parse_control(text, limits) {
+    if let Ok(ControlMessage::Config { fps, people, .. }) = parse_control(text, LIMITS) {
         if let Some(fps) = fps {
-            assert!((1..=MAX_FPS).contains(&fps), "accepted fps {fps}");
+            assert!((1..=LIMITS.max_fps).contains(&fps), "accepted fps {fps}");
         }
         if let Some(people) = people {
             assert!(
-                (1..=MAX_PEOPLE).contains(&people),
+                (1..=LIMITS.max_people).contains(&people),
                 "accepted people {people}"
             );
         }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use holistream::commands::loadgen::{self, LoadgenArgs};
 use holistream::config::{Config, PoolKind};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use support::fixtures::shared_testdata;
@@ -38,14 +39,19 @@ const PASSWORD: &str = "multi-person-test-code";
 /// One frame of three people, all stages for each, on a loaded machine.
 const ANSWER: Duration = Duration::from_secs(60);
 const PEOPLE: usize = 3;
-/// Distinct ids the clip must show at `people` = [`PEOPLE`], and the share
-/// of results that must carry [`PEOPLE`] people. Measured, not wished: the
-/// clip shows three people on every frame, but the pipeline (`src/model`, at
-/// the commit that added this test) finds one of them, id 0, on all 120
-/// frames, and one in static mode too; raise these to `PEOPLE` and 0.5 when
-/// it finds all three.
-const MIN_IDS_SEEN: usize = 1;
-const MIN_FULL_SHARE: f64 = 0.0;
+
+/// The tests of this file run one at a time: each streams the clip at three
+/// people's cost, and the machine may have two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// The share of results that must carry all [`PEOPLE`] people. Measured:
+/// the clip shows three people on every frame; the pipeline finds all three
+/// on 116 to 120 of the 120 results (ids 0, 1, 2 throughout) on a loaded
+/// two-core machine. Half leaves room for a slower machine's filters.
+const MIN_FULL_SHARE: f64 = 0.5;
+/// Most distinct ids over the clip: three people who stay in the picture
+/// keep their ids (measured: exactly 0, 1, 2); a lost and re-found person
+/// gets a new one, which a few may.
+const MAX_IDS_SEEN: usize = 2 * PEOPLE;
 
 /// The pan clip's frames (120 of them, 640x480).
 fn clip_frames() -> Vec<Bytes> {
@@ -111,10 +117,11 @@ fn people_ids(r: &Value) -> Vec<u64> {
 
 /// Streams the clip at `people` = [`PEOPLE`] and checks what the pipeline
 /// gives reliably: someone on every result, at most [`PEOPLE`] people, distinct
-/// ids in each, the top-level pose the first person's; over the clip at
-/// least [`MIN_IDS_SEEN`] ids and [`PEOPLE`] people on [`MIN_FULL_SHARE`] of
-/// the results. Prints the figures per frame.
-async fn stream_clip(conn: &mut WsConn, frames: &[Bytes], label: &str) {
+/// ids in each, the top-level pose the first person's; over the clip
+/// [`PEOPLE`] to [`MAX_IDS_SEEN`] ids and [`PEOPLE`] people on
+/// [`MIN_FULL_SHARE`] of the results. Prints the figures per frame; returns
+/// the ids seen.
+async fn stream_clip(conn: &mut WsConn, frames: &[Bytes], label: &str) -> BTreeSet<u64> {
     control(conn, json!({"type": "config", "people": PEOPLE})).await;
     let mut counts = Vec::new();
     let mut all_ids = BTreeSet::new();
@@ -138,7 +145,7 @@ async fn stream_clip(conn: &mut WsConn, frames: &[Bytes], label: &str) {
         counts.len()
     );
     assert!(
-        all_ids.len() >= MIN_IDS_SEEN,
+        (PEOPLE..=MAX_IDS_SEEN).contains(&all_ids.len()),
         "{label}: ids seen {all_ids:?}"
     );
     assert!(
@@ -146,10 +153,12 @@ async fn stream_clip(conn: &mut WsConn, frames: &[Bytes], label: &str) {
         "{label}: {PEOPLE} people on only {full} of {} results: {counts:?}",
         counts.len()
     );
+    all_ids
 }
 
 #[actix_web::test]
 async fn people_through_the_local_pool() {
+    let _serial = ONE_AT_A_TIME.lock();
     let frames = clip_frames();
     let server = TestServer::start(config()).await;
     let cookie = login(&server, PASSWORD).await;
@@ -177,16 +186,18 @@ async fn people_through_the_local_pool() {
     let r = result_of(&mut conn, 1000, &frames[0]).await;
     assert!(r.get("people").is_none(), "{r}");
 
-    stream_clip(&mut conn, &frames, "local").await;
+    let tracked = stream_clip(&mut conn, &frames, "local").await;
 
-    // Fewer people mid-stream, then one again: the tracking state of three
-    // goes on as the pipeline sees fit, and one person is plain Holistic.
+    // Fewer people mid-stream, then one again: the session keeps its
+    // tracking state, so the oldest people go on under their ids (the
+    // others are dropped), and one person is plain Holistic.
     control(&mut conn, json!({"type": "config", "people": 2})).await;
     for seq in 2000..2003 {
         let r = result_of(&mut conn, seq, &frames[(seq - 2000) as usize]).await;
         let ids = people_ids(&r);
         println!("local people=2 frame {seq}: ids {ids:?}");
-        assert!(ids.len() <= 2, "{r}");
+        assert!(!ids.is_empty() && ids.len() <= 2, "{r}");
+        assert!(ids.iter().all(|id| tracked.contains(id)), "new ids: {r}");
     }
     control(&mut conn, json!({"type": "config", "people": 1})).await;
     let r = result_of(&mut conn, 3000, &frames[0]).await;
@@ -245,6 +256,7 @@ async fn people_through_the_local_pool() {
 
 #[actix_web::test]
 async fn people_through_the_redis_pool() {
+    let _serial = ONE_AT_A_TIME.lock();
     let frames = clip_frames();
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::spawn();

@@ -241,6 +241,10 @@ impl Holistic {
         }
         if tracking {
             for mut track in std::mem::take(&mut state.people) {
+                // Fewer people asked for than tracked: the oldest stay.
+                if found.len() >= max {
+                    break;
+                }
                 let Some(roi) = track.pose_roi.take() else {
                     continue;
                 };
