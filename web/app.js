@@ -176,6 +176,8 @@ async function initStream() {
     mirror: $('mirror'),
     pause: $('pause'),
     parts: { pose: $('part-pose'), face: $('part-face'), hands: $('part-hands') },
+    people: $('people'),
+    peopleMax: $('people-max'),
     errorLog: $('error-log'),
     errorCount: $('error-count'),
   };
@@ -232,6 +234,7 @@ async function initStream() {
     quality: Number(ui.quality.value) / 100,
     mirror: ui.mirror.checked,
     parts: { pose: ui.parts.pose.checked, face: ui.parts.face.checked, hands: ui.parts.hands.checked },
+    people: 1,
   };
 
   // ---- measurements
@@ -280,7 +283,7 @@ async function initStream() {
   };
 
   const sendConfig = () => {
-    if (ws?.readyState === WebSocket.OPEN) ws.send(configMessage(settings.fps, settings.parts));
+    if (ws?.readyState === WebSocket.OPEN) ws.send(configMessage(settings.fps, settings.parts, settings.people));
   };
 
   const scheduleReconnect = async () => {
@@ -372,9 +375,14 @@ async function initStream() {
     for (const [name, window] of Object.entries(serverTimings)) {
       if (typeof t[name] === 'number') window.add(now, t[name]);
     }
+    // Without a `people` list (one person asked for) the result is one
+    // person when it has a pose, nobody otherwise.
+    const ids = Array.isArray(msg.people) ? msg.people.map((p) => p.id) : null;
     state.lastResult = {
       seq: msg.seq,
       latencyMs: ms,
+      people: ids ? ids.length : Number(msg.pose.length > 0),
+      peopleIds: ids,
       counts: {
         pose: msg.pose.length,
         face: msg.face.length,
@@ -417,6 +425,17 @@ async function initStream() {
 
   function onHello(msg) {
     state.session = msg;
+    // The people field offers what this server allows, as the fps slider does.
+    const maxPeople = msg.config.max_people;
+    if (Number.isInteger(maxPeople) && maxPeople > 0) {
+      ui.people.max = String(maxPeople);
+      ui.peopleMax.textContent = `of ${maxPeople}`;
+      if (settings.people > maxPeople) {
+        settings.people = maxPeople;
+        ui.people.value = String(maxPeople);
+        sendConfig();
+      }
+    }
     // The slider offers what this server allows; a cap above it would be refused.
     const maxFps = msg.config.max_fps;
     if (Number.isInteger(maxFps) && maxFps > 0) {
@@ -534,6 +553,15 @@ async function initStream() {
     nextDue = performance.now();
   });
   ui.fps.addEventListener('change', sendConfig);
+  // A number field can hold anything while typed: only a whole number in
+  // range is sent, and the field shows what was.
+  ui.people.addEventListener('change', () => {
+    const max = Number(ui.people.max) || 1;
+    const asked = Math.round(Number(ui.people.value));
+    settings.people = Number.isFinite(asked) ? Math.min(max, Math.max(1, asked)) : settings.people;
+    ui.people.value = String(settings.people);
+    sendConfig();
+  });
   ui.quality.addEventListener('input', () => {
     settings.quality = Number(ui.quality.value) / 100;
     qualityValue.textContent = ui.quality.value;
@@ -565,6 +593,7 @@ async function initStream() {
     resultFps: $('hud-result-fps'),
     p50: $('hud-p50'),
     p95: $('hud-p95'),
+    people: $('hud-people'),
     queue: $('hud-queue'),
     decode: $('hud-decode'),
     infer: $('hud-infer'),
@@ -595,6 +624,7 @@ async function initStream() {
     hud.resultFps.textContent = fmt(s.resultFps);
     hud.p50.textContent = fmt(s.latencyP50, 0);
     hud.p95.textContent = fmt(s.latencyP95, 0);
+    hud.people.textContent = count(state.lastResult?.people);
     hud.queue.textContent = fmt(serverTimings.queue_ms.mean(now));
     hud.decode.textContent = fmt(serverTimings.decode_ms.mean(now));
     hud.infer.textContent = fmt(serverTimings.infer_ms.mean(now));

@@ -3,6 +3,10 @@
 //
 // The selfie view is a mirror of the *drawing*: the context is flipped, the
 // landmarks are not, so a result's left hand stays the person's left hand.
+//
+// A result with a `people` list (the session asked for more than one) is
+// drawn person by person, each in the colour of its id with the id by its
+// head; a result without one is drawn in MediaPipe's own styles.
 
 import {
   POSE_CONNECTIONS, POSE_LEFT, POSE_RIGHT,
@@ -32,6 +36,19 @@ const FACE_CONTOURS = {
   RIGHT_EYEBROW: FACEMESH_RIGHT_EYEBROW,
   FACE_OVAL: FACEMESH_FACE_OVAL,
 };
+
+/**
+ * One colour per person, chosen by id, so a person keeps its colour while
+ * tracked. Bright enough on video; distinct from each other.
+ */
+export const PERSON_COLOURS = Object.freeze([
+  '#ff5252', '#40c4ff', '#69f0ae', '#ffd740', '#e040fb', '#ff9100', '#18ffff', '#b2ff59',
+]);
+
+/** The colour of person `id`. */
+export function personColour(id) {
+  return PERSON_COLOURS[((id % PERSON_COLOURS.length) + PERSON_COLOURS.length) % PERSON_COLOURS.length];
+}
 
 function mirrorTransform(ctx, mirror) {
   if (mirror) ctx.setTransform(-1, 0, 0, 1, ctx.canvas.width, 0);
@@ -88,39 +105,42 @@ function circle(ctx, [x, y], radius, colour, filled, width) {
   }
 }
 
-function drawFace(ctx, face, w, h) {
+// Each draw function takes `colour`: null for MediaPipe's styles (one
+// person), or one colour for every line and dot of a person (several).
+
+function drawFace(ctx, face, w, h, colour = null) {
   const points = toPixels(face, w, h, false);
-  strokeConnections(ctx, points, FACEMESH_TESSELATION, STYLE.face.tesselation, STYLE.face.tesselationWidth);
+  strokeConnections(ctx, points, FACEMESH_TESSELATION, colour ?? STYLE.face.tesselation, STYLE.face.tesselationWidth);
   for (const [name, connections] of Object.entries(FACE_CONTOURS)) {
-    strokeConnections(ctx, points, connections, STYLE.face.contours[name], STYLE.face.contourWidth);
+    strokeConnections(ctx, points, connections, colour ?? STYLE.face.contours[name], STYLE.face.contourWidth);
   }
 }
 
-function drawPose(ctx, pose, w, h) {
+function drawPose(ctx, pose, w, h, colour = null) {
   const points = toPixels(pose, w, h, true);
-  strokeConnections(ctx, points, POSE_CONNECTIONS, STYLE.pose.connection, STYLE.pose.connectionWidth);
+  strokeConnections(ctx, points, POSE_CONNECTIONS, colour ?? STYLE.pose.connection, STYLE.pose.connectionWidth);
   // drawing_utils: a white ring one pixel wider, then the landmark's own colour.
   const r = STYLE.pose.radius;
   points.forEach((p, i) => {
     if (!p) return;
-    const colour = POSE_LEFT.has(i) ? STYLE.pose.left : POSE_RIGHT.has(i) ? STYLE.pose.right : STYLE.pose.nose;
+    const own = POSE_LEFT.has(i) ? STYLE.pose.left : POSE_RIGHT.has(i) ? STYLE.pose.right : STYLE.pose.nose;
     circle(ctx, p, Math.max(r + 1, Math.trunc(r * 1.2)), STYLE.landmarkRing, false, STYLE.pose.connectionWidth);
-    circle(ctx, p, r, colour, false, STYLE.pose.connectionWidth);
+    circle(ctx, p, r, colour ?? own, false, STYLE.pose.connectionWidth);
   });
 }
 
-function drawHand(ctx, hand, w, h) {
+function drawHand(ctx, hand, w, h, colour = null) {
   const points = toPixels(hand, w, h, false);
   for (const [name, bones] of Object.entries(HAND_BONES)) {
     const width = name === 'PALM' ? STYLE.hand.palmWidth : STYLE.hand.fingerWidth;
-    strokeConnections(ctx, points, bones, STYLE.hand.colours[name], width);
+    strokeConnections(ctx, points, bones, colour ?? STYLE.hand.colours[name], width);
   }
   const r = STYLE.hand.radius;
   for (const [name, indices] of Object.entries(HAND_DOT_GROUPS)) {
-    const colour = name === 'PALM' ? STYLE.hand.palmDot : STYLE.hand.colours[name];
+    const own = name === 'PALM' ? STYLE.hand.palmDot : STYLE.hand.colours[name];
     for (const i of indices) {
       circle(ctx, points[i], Math.max(r + 1, Math.trunc(r * 1.2)), STYLE.landmarkRing, true);
-      circle(ctx, points[i], r, colour, true);
+      circle(ctx, points[i], r, colour ?? own, true);
     }
   }
 }
@@ -132,21 +152,61 @@ function drawHand(ctx, hand, w, h) {
  */
 function labelHand(ctx, hand, label, w, h, mirror) {
   const wrist = hand[0];
-  const x = mirror ? (1 - wrist.x) * w : wrist.x * w;
-  const y = wrist.y * h + 22;
+  drawLabel(ctx, label, wrist.x, wrist.y, 0, 22, w, h, mirror, 'white');
+}
+
+/** Text at normalised (x, y) plus a pixel offset, unmirrored, outlined for any background. */
+function drawLabel(ctx, text, x, y, dx, dy, w, h, mirror, colour) {
+  const px = (mirror ? (1 - x) * w : x * w) + dx;
+  const py = y * h + dy;
   ctx.font = 'bold 16px system-ui, sans-serif';
   ctx.textAlign = 'center';
   ctx.lineWidth = 3;
   ctx.strokeStyle = 'rgba(0, 0, 0, 0.7)';
-  ctx.strokeText(label, x, y);
-  ctx.fillStyle = 'white';
-  ctx.fillText(label, x, y);
+  ctx.strokeText(text, px, py);
+  ctx.fillStyle = colour;
+  ctx.fillText(text, px, py);
 }
 
 /**
- * Clears the overlay canvas and draws a result on it.
+ * Where a person's id goes: above the head, from the face's top when there
+ * is a face, else from the pose's head landmarks (nose, eyes, ears), else
+ * above the highest visible pose landmark.
+ */
+function headTop(person) {
+  if (person.face.length) {
+    const top = person.face.reduce((a, b) => (b.y < a.y ? b : a));
+    const xs = person.face.map((p) => p.x);
+    return { x: (Math.min(...xs) + Math.max(...xs)) / 2, y: top.y };
+  }
+  const head = person.pose.slice(0, 11).filter((p) => p.visibility >= VISIBILITY_THRESHOLD);
+  const points = head.length ? head : person.pose.filter((p) => p.visibility >= VISIBILITY_THRESHOLD);
+  if (!points.length) return null;
+  const top = points.reduce((a, b) => (b.y < a.y ? b : a));
+  return { x: top.x, y: top.y };
+}
+
+function drawPerson(ctx, person, w, h) {
+  const colour = personColour(person.id);
+  if (person.face.length) drawFace(ctx, person.face, w, h, colour);
+  if (person.pose.length) drawPose(ctx, person.pose, w, h, colour);
+  if (person.left_hand.length) drawHand(ctx, person.left_hand, w, h, colour);
+  if (person.right_hand.length) drawHand(ctx, person.right_hand, w, h, colour);
+}
+
+function labelPerson(ctx, person, w, h, mirror) {
+  const colour = personColour(person.id);
+  if (person.left_hand.length) labelHand(ctx, person.left_hand, 'L', w, h, mirror);
+  if (person.right_hand.length) labelHand(ctx, person.right_hand, 'R', w, h, mirror);
+  const head = headTop(person);
+  if (head) drawLabel(ctx, `#${person.id}`, head.x, head.y, 0, -10, w, h, mirror, colour);
+}
+
+/**
+ * Clears the overlay canvas and draws a result on it: everyone in its
+ * `people` list when it has one, else the one person of its top-level parts.
  * @param {CanvasRenderingContext2D} ctx overlay context, sized like the frame
- * @param {{pose: object[], face: object[], left_hand: object[], right_hand: object[]}} result
+ * @param {{pose: object[], face: object[], left_hand: object[], right_hand: object[], people?: object[]}} result
  * @param {boolean} mirror
  */
 export function drawResult(ctx, result, mirror) {
@@ -155,6 +215,12 @@ export function drawResult(ctx, result, mirror) {
   ctx.clearRect(0, 0, w, h);
   mirrorTransform(ctx, mirror);
   ctx.lineCap = 'round';
+  if (Array.isArray(result.people)) {
+    for (const person of result.people) drawPerson(ctx, person, w, h);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    for (const person of result.people) labelPerson(ctx, person, w, h, mirror);
+    return;
+  }
   if (result.face.length) drawFace(ctx, result.face, w, h);
   if (result.pose.length) drawPose(ctx, result.pose, w, h);
   if (result.left_hand.length) drawHand(ctx, result.left_hand, w, h);

@@ -37,9 +37,11 @@ export function encodeFrame(seq, captureTsMs, jpeg) {
  * The config control message.
  * @param {number} fps the most frames per second the server should process
  * @param {{pose: boolean, face: boolean, hands: boolean}} parts
+ * @param {number} people the most people to find (1..=max_people of `hello`);
+ *   1 is single-person Holistic, whose results carry no `people` list
  */
-export function configMessage(fps, parts) {
-  return JSON.stringify({ type: 'config', fps, parts: PARTS.filter((p) => parts[p]) });
+export function configMessage(fps, parts, people = 1) {
+  return JSON.stringify({ type: 'config', fps, parts: PARTS.filter((p) => parts[p]), people });
 }
 
 /** A server message that does not follow the protocol. */
@@ -50,16 +52,33 @@ export class ProtocolError extends Error {
   }
 }
 
-function checkLandmarks(msg, part, withVisibility) {
-  const list = msg[part];
-  if (!Array.isArray(list)) throw new ProtocolError(`result ${msg.seq}: "${part}" is not a list`);
+function checkLandmarks(msg, part, withVisibility, holder = msg, who = '') {
+  const list = holder[part];
+  if (!Array.isArray(list)) throw new ProtocolError(`result ${msg.seq}:${who} "${part}" is not a list`);
   if (list.length !== 0 && list.length !== LANDMARK_COUNTS[part]) {
-    throw new ProtocolError(`result ${msg.seq}: ${list.length} ${part} landmarks, expected 0 or ${LANDMARK_COUNTS[part]}`);
+    throw new ProtocolError(`result ${msg.seq}:${who} ${list.length} ${part} landmarks, expected 0 or ${LANDMARK_COUNTS[part]}`);
   }
   for (const lm of list) {
     if (typeof lm?.x !== 'number' || typeof lm?.y !== 'number' || (withVisibility && typeof lm?.visibility !== 'number')) {
-      throw new ProtocolError(`result ${msg.seq}: malformed ${part} landmark`);
+      throw new ProtocolError(`result ${msg.seq}:${who} malformed ${part} landmark`);
     }
+  }
+}
+
+/** Checks a result's `people` list (present only when the session asked for more than one). */
+function checkPeople(msg) {
+  if (msg.people === undefined) return;
+  if (!Array.isArray(msg.people)) throw new ProtocolError(`result ${msg.seq}: "people" is not a list`);
+  const ids = new Set();
+  for (const person of msg.people) {
+    if (!Number.isInteger(person?.id)) throw new ProtocolError(`result ${msg.seq}: a person without an id`);
+    if (ids.has(person.id)) throw new ProtocolError(`result ${msg.seq}: person ${person.id} listed twice`);
+    ids.add(person.id);
+    const who = ` person ${person.id}:`;
+    checkLandmarks(msg, 'pose', true, person, who);
+    checkLandmarks(msg, 'face', false, person, who);
+    checkLandmarks(msg, 'left_hand', false, person, who);
+    checkLandmarks(msg, 'right_hand', false, person, who);
   }
 }
 
@@ -86,6 +105,7 @@ export function parseServerMessage(text) {
       checkLandmarks(msg, 'face', false);
       checkLandmarks(msg, 'left_hand', false);
       checkLandmarks(msg, 'right_hand', false);
+      checkPeople(msg);
       return msg;
     case 'error':
       if (typeof msg.code !== 'string' || typeof msg.message !== 'string') {

@@ -12,15 +12,23 @@
 //! | 13     | …    | JPEG         | the frame, baseline or progressive JPEG (`FF D8 …`)       |
 //!
 //! **Text message = JSON control**, e.g.
-//! `{"type":"config","fps":20,"parts":["pose","face","hands"]}` (both fields
-//! optional). `fps` must be in `1..=max_fps`; `parts` lists what to compute.
+//! `{"type":"config","fps":20,"parts":["pose","face","hands"],"people":3}`
+//! (every field optional). `fps` must be in `1..=max_fps`; `parts` lists what
+//! to compute; `people` (default 1) is the most people to find and track, in
+//! `1..=max_people` (`session.max_people`). A value out of range is refused
+//! with `bad_control` and changes nothing. `people` may change mid-stream.
 //!
 //! # Server → client (all text, JSON)
 //!
-//! - `{"type":"hello","session":"<tag: 12 hex digits, a hash of the cookie, not the cookie>","config":{"fps":20,"max_fps":30,"parts":[…],"max_message_bytes":…}}` once on connect;
+//! - `{"type":"hello","session":"<tag: 12 hex digits, a hash of the cookie, not the cookie>","config":{"fps":20,"max_fps":30,"parts":[…],"people":1,"max_people":6,"max_message_bytes":…}}` once on connect;
 //! - `{"type":"result","seq","capture_ts","timings":{"queue_ms","decode_ms","infer_ms","serialize_ms","total_ms"},
 //!   "pose":[{x,y,z,visibility}…33],"face":[{x,y,z}…468],"left_hand":[…21],"right_hand":[…21]}`
-//!   (an empty list for a part that is off or not found);
+//!   (an empty list for a part that is off or not found). With `people` above
+//!   1 the result also carries `"people":[{"id":7,"pose":[…],"face":[…],"left_hand":[…],"right_hand":[…]}…]`,
+//!   everyone found (at most `people`, possibly none), each with an id that
+//!   stays with that person while the session tracks them and is never
+//!   reused; the top-level parts are then the first person's. A session at
+//!   `people` = 1 gets no `people` key: single-person results are unchanged;
 //! - `{"type":"error","seq":<u32 or null>,"code":"bad_frame"|"bad_control"|"worker_failed"|"overloaded"|"expired"|"lost"|"unsupported"|"unavailable","message":"…"}`;
 //! - `{"type":"stats","received","processed","dropped_stale","dropped_fps","dropped_overload","dropped_expired","errors"}`
 //!   every `stats_interval_ms`.
@@ -168,6 +176,9 @@ pub enum ControlMessage {
         fps: Option<u32>,
         #[serde(default, deserialize_with = "part_names::deserialize_some")]
         parts: Option<Parts>,
+        /// Most people to find (1: single-person Holistic).
+        #[serde(default)]
+        people: Option<usize>,
     },
 }
 
@@ -178,20 +189,41 @@ pub enum ControlError {
     Json(#[from] serde_json::Error),
     #[error("fps must be between 1 and {max}, got {got}")]
     Fps { got: u32, max: u32 },
+    #[error("people must be between 1 and {max}, got {got}")]
+    People { got: usize, max: usize },
+}
+
+/// The session limits a control message is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// `session.max_fps`.
+    pub max_fps: u32,
+    /// `session.max_people`.
+    pub max_people: usize,
 }
 
 /// Parses a control message and checks its values against the session limits.
-pub fn parse_control(text: &str, max_fps: u32) -> Result<ControlMessage, ControlError> {
+/// A message with any value out of range is refused whole.
+pub fn parse_control(text: &str, limits: ControlLimits) -> Result<ControlMessage, ControlError> {
     let msg: ControlMessage = serde_json::from_str(text)?;
-    match &msg {
-        ControlMessage::Config { fps: Some(fps), .. } if *fps == 0 || *fps > max_fps => {
-            Err(ControlError::Fps {
-                got: *fps,
-                max: max_fps,
-            })
-        }
-        _ => Ok(msg),
+    let ControlMessage::Config { fps, people, .. } = &msg;
+    if let Some(fps) = *fps
+        && (fps == 0 || fps > limits.max_fps)
+    {
+        return Err(ControlError::Fps {
+            got: fps,
+            max: limits.max_fps,
+        });
     }
+    if let Some(people) = *people
+        && (people == 0 || people > limits.max_people)
+    {
+        return Err(ControlError::People {
+            got: people,
+            max: limits.max_people,
+        });
+    }
+    Ok(msg)
 }
 
 /// Machine-readable code of an `error` message.
@@ -287,6 +319,10 @@ pub struct SessionView {
     pub max_fps: u32,
     #[serde(serialize_with = "part_names::serialize")]
     pub parts: Parts,
+    /// Most people found per frame (1 until the client asks for more).
+    pub people: usize,
+    /// The most `people` may be set to.
+    pub max_people: usize,
     pub max_message_bytes: usize,
 }
 
@@ -425,21 +461,30 @@ mod tests {
         assert_eq!(parse_frame(&nan).unwrap_err(), FrameError::CaptureTs);
     }
 
+    const LIMITS: ControlLimits = ControlLimits {
+        max_fps: 30,
+        max_people: 6,
+    };
+
     #[test]
     fn control_messages_parse_and_validate() {
-        let msg =
-            parse_control(r#"{"type":"config","fps":15,"parts":["pose","hands"]}"#, 30).unwrap();
-        let ControlMessage::Config { fps, parts } = msg;
+        let msg = parse_control(
+            r#"{"type":"config","fps":15,"parts":["pose","hands"]}"#,
+            LIMITS,
+        )
+        .unwrap();
+        let ControlMessage::Config { fps, parts, people } = msg;
         assert_eq!(fps, Some(15));
+        assert_eq!(people, None, "people is left as it was unless sent");
         let parts = parts.unwrap();
         assert!(parts.pose && parts.hands && !parts.face);
 
         assert!(matches!(
-            parse_control(r#"{"type":"config","fps":0}"#, 30),
+            parse_control(r#"{"type":"config","fps":0}"#, LIMITS),
             Err(ControlError::Fps { got: 0, max: 30 })
         ));
         assert!(matches!(
-            parse_control(r#"{"type":"config","fps":31}"#, 30),
+            parse_control(r#"{"type":"config","fps":31}"#, LIMITS),
             Err(ControlError::Fps { .. })
         ));
         for bad in [
@@ -449,12 +494,65 @@ mod tests {
             r#"{"type":"config","parts":["tail"]}"#,
             r#"{"type":"config","fps":-1}"#,
             r#"{"type":"config","colour":"red"}"#,
+            r#"{"type":"config","people":-1}"#,
+            r#"{"type":"config","people":2.5}"#,
+            r#"{"type":"config","people":"3"}"#,
         ] {
             assert!(
-                matches!(parse_control(bad, 30), Err(ControlError::Json(_))),
+                matches!(parse_control(bad, LIMITS), Err(ControlError::Json(_))),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn people_is_checked_against_max_people() {
+        for n in [1, 3, 6] {
+            let ControlMessage::Config { people, fps, parts } =
+                parse_control(&format!(r#"{{"type":"config","people":{n}}}"#), LIMITS).unwrap();
+            assert_eq!(people, Some(n));
+            assert_eq!((fps, parts), (None, None));
+        }
+        for (n, text) in [
+            (0, r#"{"type":"config","people":0}"#),
+            (7, r#"{"type":"config","people":7}"#),
+            // A good fps does not carry a bad people through.
+            (7, r#"{"type":"config","fps":10,"people":7}"#),
+        ] {
+            let e = parse_control(text, LIMITS).unwrap_err();
+            assert!(
+                matches!(e, ControlError::People { got, max: 6 } if got == n),
+                "{text}: {e:?}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!("people must be between 1 and 6, got {n}")
+            );
+        }
+    }
+
+    #[test]
+    fn hello_shows_people_and_max_people() {
+        let hello = ServerMessage::Hello {
+            session: SessionTag::of(uuid::Uuid::nil()),
+            config: SessionView {
+                fps: 20,
+                max_fps: 30,
+                parts: Parts {
+                    pose: true,
+                    face: false,
+                    hands: true,
+                },
+                people: 2,
+                max_people: 6,
+                max_message_bytes: 1024,
+            },
+        }
+        .to_json();
+        let v: serde_json::Value = serde_json::from_str(&hello).unwrap();
+        assert_eq!(v["config"]["people"], 2);
+        assert_eq!(v["config"]["max_people"], 6);
+        assert_eq!(v["config"]["parts"], serde_json::json!(["pose", "hands"]));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::job::{FrameDone, FrameJob};
 use super::pool::InferencePool;
 use super::protocol::{
-    ControlMessage, ErrorCode, ServerMessage, SessionStats, SessionView, frame_seq, parse_control,
-    parse_frame,
+    ControlLimits, ControlMessage, ErrorCode, ServerMessage, SessionStats, SessionView, frame_seq,
+    parse_control, parse_frame,
 };
 use crate::config::SessionConfig;
 use crate::metrics::{DropReason, Metrics};
@@ -255,6 +255,8 @@ pub struct SessionActor {
     limiter: FpsLimiter,
     fps: u32,
     parts: Parts,
+    /// Most people to find per frame (the client's `people`, 1 until set).
+    people: usize,
     slot: FrameSlot,
     in_flight: bool,
     /// The client's tracking state; `None` while a job carries it.
@@ -299,6 +301,7 @@ impl SessionActor {
                 face: true,
                 hands: true,
             },
+            people: 1,
             slot: FrameSlot::default(),
             in_flight: false,
             tracking: Some(TrackingState::default()),
@@ -395,7 +398,7 @@ impl SessionActor {
             parts: self.parts,
             mode: Mode::Tracking,
             timestamp_us,
-            people: 1,
+            people: self.people,
             tracking: self.tracking.take().unwrap_or_default(),
             starved: self.last_result.elapsed(),
         };
@@ -441,14 +444,24 @@ impl SessionActor {
     }
 
     fn on_control(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        match parse_control(text, self.cfg.max_fps) {
-            Ok(ControlMessage::Config { fps, parts }) => {
+        let limits = ControlLimits {
+            max_fps: self.cfg.max_fps,
+            max_people: self.cfg.max_people,
+        };
+        match parse_control(text, limits) {
+            Ok(ControlMessage::Config { fps, parts, people }) => {
                 if let Some(fps) = fps {
                     self.fps = fps;
                     self.limiter.set_fps(fps);
                 }
                 if let Some(parts) = parts {
                     self.parts = parts;
+                }
+                // The tracking state is kept as it is: the pipeline takes a
+                // state of any shape (tracked people beyond a lower `people`
+                // are dropped, a higher one detects the rest).
+                if let Some(people) = people {
+                    self.people = people;
                 }
             }
             Err(e) => {
@@ -463,6 +476,8 @@ impl SessionActor {
             fps: self.fps,
             max_fps: self.cfg.max_fps,
             parts: self.parts,
+            people: self.people,
+            max_people: self.cfg.max_people,
             max_message_bytes: self.cfg.max_message_bytes,
         }
     }

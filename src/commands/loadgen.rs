@@ -6,7 +6,9 @@
 //! (like the web demo, which waits for answers instead of piling frames up).
 //! The report gives end-to-end latency (capture → result received)
 //! percentiles, result fps per client, the server's per-stage times, drops by
-//! reason (from the server's `stats` messages) and errors by code.
+//! reason (from the server's `stats` messages) and errors by code. With
+//! `--people N` (N > 1) each client asks for N people (`{"type":"config",
+//! "people":N}`) and the report adds how many people the results carried.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
@@ -49,6 +51,11 @@ pub struct LoadgenArgs {
     /// Most frames a client leaves unanswered before it skips a tick.
     #[arg(long, default_value_t = 2)]
     pub max_outstanding: usize,
+    /// Most people to find per frame (the session's `people`; at most the
+    /// server's `session.max_people`). 1 sends no `people` at all: plain
+    /// single-person Holistic.
+    #[arg(long, default_value_t = 1)]
+    pub people: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -93,6 +100,9 @@ pub struct ClientReport {
     pub errors: BTreeMap<String, u64>,
     /// The last `stats` message of the server for this session.
     pub server_stats: SessionStats,
+    /// Results by the number of people they carried (only results with a
+    /// `people` list, i.e. with `--people` above 1).
+    pub people_per_result: BTreeMap<usize, u64>,
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
     #[serde(skip)]
@@ -125,6 +135,30 @@ pub struct Drops {
     pub expired: u64,
 }
 
+/// How many people the results carried (`--people` above 1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeopleCounts {
+    /// The `people` each client asked for.
+    pub asked: usize,
+    /// Mean people per result with a `people` list.
+    pub mean: f64,
+    /// Results by the number of people they carried.
+    pub histogram: BTreeMap<usize, u64>,
+}
+
+impl PeopleCounts {
+    /// The counts of `histogram`, for clients that asked for `asked` people.
+    pub fn of(asked: usize, histogram: BTreeMap<usize, u64>) -> PeopleCounts {
+        let results: u64 = histogram.values().sum();
+        let people: u64 = histogram.iter().map(|(n, r)| *n as u64 * r).sum();
+        PeopleCounts {
+            asked,
+            mean: people as f64 / results.max(1) as f64,
+            histogram,
+        }
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadReport {
@@ -141,6 +175,9 @@ pub struct LoadReport {
     pub server_ms: ServerTimes,
     pub drops: Drops,
     pub errors: BTreeMap<String, u64>,
+    /// Absent at `--people 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub people: Option<PeopleCounts>,
 }
 
 impl LoadReport {
@@ -160,6 +197,22 @@ impl LoadReport {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let people = match &self.people {
+            None => String::new(),
+            Some(p) => {
+                let histogram: Vec<String> = p
+                    .histogram
+                    .iter()
+                    .map(|(n, r)| format!("{n}:{r}"))
+                    .collect();
+                format!(
+                    "\npeople per result (asked {}): mean {:.2} [{}]",
+                    p.asked,
+                    p.mean,
+                    histogram.join(" ")
+                )
+            }
+        };
         format!(
             "clients {} at {} fps for {} s, frames of {} bytes\n\
              sent {}  results {}  skipped (outstanding) {}\n\
@@ -168,7 +221,7 @@ impl LoadReport {
              server ms per frame: queue {:.1}  decode {:.1}  infer {:.1}  serialize {:.2}  total {:.1}\n\
              server overhead (queue+decode+serialize) {:.1} ms vs infer {:.1} ms; waiting in the session slot {:.1} ms\n\
              drops: stale {}  fps {}  overload {}  expired {}\n\
-             errors: {}",
+             errors: {}{}",
             self.clients,
             self.fps,
             self.duration_s,
@@ -194,7 +247,8 @@ impl LoadReport {
             self.drops.fps,
             self.drops.overload,
             self.drops.expired,
-            errors
+            errors,
+            people
         )
     }
 }
@@ -258,8 +312,8 @@ pub fn prepare_frames(paths: &[PathBuf], size: &str) -> anyhow::Result<Vec<Bytes
 
 /// Runs the clients and gathers the report.
 pub async fn run(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
-    if args.clients == 0 || !(args.fps > 0.0) || !(args.duration > 0.0) {
-        bail!("--clients, --fps and --duration must be positive");
+    if args.clients == 0 || !(args.fps > 0.0) || !(args.duration > 0.0) || args.people == 0 {
+        bail!("--clients, --fps, --duration and --people must be positive");
     }
     let frames = prepare_frames(&args.images, &args.size)?;
     let base = args.url.trim_end_matches('/').to_string();
@@ -301,7 +355,11 @@ fn summarise(args: &LoadgenArgs, frame_bytes: usize, clients: Vec<ClientReport>)
     server_ms.slot_wait_ms = server_ms.total_ms - server_ms.overhead_ms - server_ms.infer_ms;
     let mut drops = Drops::default();
     let mut errors = BTreeMap::new();
+    let mut people_per_result = BTreeMap::new();
     for c in &clients {
+        for (n, r) in &c.people_per_result {
+            *people_per_result.entry(*n).or_insert(0) += r;
+        }
         drops.stale += c.server_stats.dropped_stale;
         drops.fps += c.server_stats.dropped_fps;
         drops.overload += c.server_stats.dropped_overload;
@@ -325,6 +383,7 @@ fn summarise(args: &LoadgenArgs, frame_bytes: usize, clients: Vec<ClientReport>)
         server_ms,
         drops,
         errors,
+        people: (args.people > 1).then(|| PeopleCounts::of(args.people, people_per_result)),
     }
 }
 
@@ -338,6 +397,8 @@ struct Incoming {
     capture_ts: Option<f64>,
     timings: Option<FrameTimings>,
     code: Option<String>,
+    /// Counted, not read: each person's landmarks are skipped.
+    people: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(flatten)]
     stats: Option<SessionStats>,
 }
@@ -386,6 +447,13 @@ async fn run_client(
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("opening the WebSocket: {e}"))?;
+
+    if args.people > 1 {
+        let config = serde_json::json!({"type": "config", "people": args.people});
+        conn.send(ws::Message::Text(config.to_string().into()))
+            .await
+            .map_err(|e| anyhow::anyhow!("sending the config: {e}"))?;
+    }
 
     let mut report = ClientReport::default();
     // Unanswered frames: (seq, sent at). A frame the server dropped silently
@@ -441,6 +509,9 @@ async fn run_client(
                                 }
                                 if let Some(t) = msg.timings {
                                     report.timings.push(t);
+                                }
+                                if let Some(people) = &msg.people {
+                                    *report.people_per_result.entry(people.len()).or_insert(0) += 1;
                                 }
                                 msg.seq
                             }
@@ -553,5 +624,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.stats.unwrap().dropped_stale, 1);
+    }
+
+    #[test]
+    fn people_per_result_is_counted() {
+        let r: Incoming = serde_json::from_str(
+            r#"{"type":"result","seq":3,"capture_ts":1,"pose":[],"people":[{"id":4,"pose":[{"x":0.5}],"face":[]},{"id":9}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.people.map(|p| p.len()), Some(2));
+        let plain: Incoming =
+            serde_json::from_str(r#"{"type":"result","seq":3,"pose":[]}"#).unwrap();
+        assert!(plain.people.is_none());
+
+        let counts = PeopleCounts::of(3, BTreeMap::from([(1, 2), (3, 2)]));
+        assert_eq!(counts.mean, 2.0);
+        let counts = PeopleCounts::of(3, BTreeMap::new());
+        assert_eq!(counts.mean, 0.0);
     }
 }

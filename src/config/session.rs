@@ -27,6 +27,10 @@ pub struct SessionConfig {
     /// Largest WebSocket message accepted; a bigger one closes the
     /// connection with code 1009.
     pub max_message_bytes: usize,
+    /// Most people a client may ask for with a `config` message
+    /// (`"people":N`). Each person runs every stage of the pipeline, so a
+    /// frame costs up to this many times a single-person one.
+    pub max_people: usize,
 }
 
 impl Default for SessionConfig {
@@ -38,6 +42,7 @@ impl Default for SessionConfig {
             heartbeat_interval_ms: 5000,
             client_timeout_ms: 15000,
             max_message_bytes: 1 << 20,
+            max_people: 6,
         }
     }
 }
@@ -74,6 +79,45 @@ impl SessionConfig {
                 self.max_message_bytes
             )));
         }
+        if self.max_people == 0 || self.max_people > MAX_PEOPLE_LIMIT {
+            return Err(invalid(format!(
+                "session.max_people must be in 1..={MAX_PEOPLE_LIMIT}, got {}",
+                self.max_people
+            )));
+        }
         Ok(())
+    }
+}
+
+/// Upper bound of `session.max_people`: a frame of `max_people` persons costs
+/// that many single-person frames, and 16 already takes a worker well past
+/// any real-time budget.
+const MAX_PEOPLE_LIMIT: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_people_defaults_to_six_and_is_bounded() {
+        let c = SessionConfig::default();
+        assert_eq!(c.max_people, 6);
+        c.validate().unwrap();
+        for bad in [0, 17] {
+            let c = SessionConfig {
+                max_people: bad,
+                ..SessionConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("session.max_people"), "{e}");
+        }
+        for good in [1, 16] {
+            SessionConfig {
+                max_people: good,
+                ..SessionConfig::default()
+            }
+            .validate()
+            .unwrap();
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! More than one person per frame, our extension of the single-person graph:
 //! what one person's stages found ([`PersonFound`]), which detection is a
-//! person already found ([`same_person`]), and the frame with the people
+//! person already found ([`Head`]), and the frame with the people
 //! found so far painted over ([`without_faces`]), on which the detector finds
 //! the neighbours its weighted NMS merged into them.
 //!
@@ -11,23 +11,16 @@ use image::{Rgb, RgbImage};
 
 use super::Parts;
 use super::geometry::{ImageSize, NormRect};
-use super::pose::PoseLandmarks;
+use super::pose::{PoseLandmarks, RawLandmark};
 use super::result::{HolisticResult, Landmark, Person, PoseLandmark, landmarks};
 
 /// Detection passes after the first, each on the frame with everyone found so
 /// far painted over; a pass that finds nobody new ends them.
 pub const RECALL_PASSES: usize = 2;
 
-/// A detection whose ROI overlaps a found person's by more than this (IoU of
-/// their bounds) is that person.
-pub const SAME_PERSON_IOU: f32 = 0.5;
-
 /// What one person's stages found in a frame.
 #[derive(Clone, Debug)]
 pub(crate) struct PersonFound {
-    /// The pose ROI its own landmarks give (`aux_to_roi`): where the person
-    /// is, for telling people apart.
-    pub(crate) roi: NormRect,
     pub(crate) pose: PoseLandmarks,
     pub(crate) face: Option<Vec<[f32; 3]>>,
     /// [left, right].
@@ -84,35 +77,102 @@ impl PersonFound {
     }
 }
 
-/// The axis-aligned bounds of a (rotated) ROI, in pixels: `[x0, y0, x1, y1]`.
-fn bounds(r: &NormRect, size: ImageSize) -> [f32; 4] {
-    let (w, h) = (r.w * size.w(), r.h * size.h());
-    let (s, c) = r.r.sin_cos();
-    let half_w = 0.5 * (w * c.abs() + h * s.abs());
-    let half_h = 0.5 * (w * s.abs() + h * c.abs());
-    let (x, y) = (r.xc * size.w(), r.yc * size.h());
-    [x - half_w, y - half_h, x + half_w, y + half_h]
+/// A pose detection: the ROI MediaPipe's graph would crop, and the centre
+/// of the detector's box, which is the face's (image-normalised).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidate {
+    pub(crate) roi: NormRect,
+    pub(crate) face: [f32; 2],
 }
 
-/// Intersection over union of two ROIs' bounds.
-pub fn iou(a: &NormRect, b: &NormRect, size: ImageSize) -> f32 {
-    let (a, b) = (bounds(a, size), bounds(b, size));
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+/// Where a person's head is, in pixels, and how big: what tells people
+/// apart. Not their pose ROIs: in a group photo cut at the chest, each ROI
+/// is extrapolated around hips below the frame and spans nearly the whole
+/// picture, so neighbours' ROIs overlap as much as one person's do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Head {
+    /// The nose (pose landmark 0), or a detection's face centre.
+    pub centre: [f32; 2],
+    /// Twice the widest of ear to ear and eye to eye, at least 1 px; 0 for
+    /// a bare point (a detection).
+    pub size: f32,
 }
 
-/// Whether `candidate` (a detection's ROI, or a person's own) is the person
-/// at `known`: their bounds overlap by more than [`SAME_PERSON_IOU`], or the
-/// candidate's centre lies inside the known person's bounds.
-pub fn same_person(candidate: &NormRect, known: &NormRect, size: ImageSize) -> bool {
-    let k = bounds(known, size);
-    let (x, y) = (candidate.xc * size.w(), candidate.yc * size.h());
-    let inside = k[0] <= x && x <= k[2] && k[1] <= y && y <= k[3];
-    inside || iou(candidate, known, size) > SAME_PERSON_IOU
+impl Head {
+    /// A person's head from its pose landmarks.
+    pub fn of(body: &[RawLandmark], size: ImageSize) -> Head {
+        let px = |i: usize| [body[i].x * size.w(), body[i].y * size.h()];
+        let dist =
+            |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+        let ears = dist(px(LEFT_EAR), px(RIGHT_EAR));
+        let eyes = dist(px(LEFT_EYE_OUTER), px(RIGHT_EYE_OUTER));
+        let size_px = 2.0 * ears.max(eyes);
+        Head {
+            centre: px(NOSE),
+            size: if size_px.is_finite() {
+                size_px.max(1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+
+    /// A point (a detection's face centre, image-normalised) as a head of
+    /// no size.
+    pub fn point(xy: [f32; 2], size: ImageSize) -> Head {
+        Head {
+            centre: [xy[0] * size.w(), xy[1] * size.h()],
+            size: 0.0,
+        }
+    }
+
+    fn distance(&self, other: &Head) -> f32 {
+        ((self.centre[0] - other.centre[0]).powi(2) + (self.centre[1] - other.centre[1]).powi(2))
+            .sqrt()
+    }
+
+    /// Whether a detection's face centre lies on this head: closer than
+    /// half its size (a neighbour's face is at least a head width away).
+    pub fn covers(&self, face: Head) -> bool {
+        self.distance(&face) < SAME_HEAD * self.size
+    }
+
+    /// Whether two people found are one: their noses closer than
+    /// [`SAME_HEAD`] of the larger head.
+    pub fn same_as(&self, other: &Head) -> bool {
+        self.distance(other) < SAME_HEAD * self.size.max(other.size)
+    }
+}
+
+/// Two heads (or a head and a detection's face) closer than this fraction
+/// of the head's size are one person's. A head's size is about twice its
+/// ear-to-ear width, so this is about one head width.
+pub const SAME_HEAD: f32 = 0.5;
+
+const NOSE: usize = 0;
+const LEFT_EYE_OUTER: usize = 3;
+const RIGHT_EYE_OUTER: usize = 6;
+const LEFT_EAR: usize = 7;
+const RIGHT_EAR: usize = 8;
+
+/// The frame the next person is looked for on: `image` itself while nobody
+/// is found (so the first person is single-person Holistic's), otherwise
+/// `image` with the heads of everyone in `found` painted over, made once per
+/// count of people found and kept in `cache`.
+pub(crate) fn masked<'a, T>(
+    image: &'a RgbImage,
+    found: &[T],
+    pose_of: impl Fn(&T) -> &PoseLandmarks,
+    cache: &'a mut Option<(usize, RgbImage)>,
+) -> &'a RgbImage {
+    if found.is_empty() {
+        return image;
+    }
+    if cache.as_ref().map(|(n, _)| *n) != Some(found.len()) {
+        *cache = Some((found.len(), without_faces(image, found.iter().map(pose_of))));
+    }
+    // unwrap: set just above for this count.
+    &cache.as_ref().unwrap().1
 }
 
 /// Pose landmarks 0–10: nose, eyes, ears and mouth.
@@ -163,36 +223,35 @@ mod tests {
         height: 480,
     };
 
-    fn rect(xc: f32, yc: f32, w: f32, h: f32) -> NormRect {
-        NormRect {
-            xc,
-            yc,
-            w,
-            h,
-            r: 0.0,
-        }
+    fn body_with_head(nose: [f32; 2], ear_span: f32) -> Vec<RawLandmark> {
+        let mut body = vec![RawLandmark::default(); 33];
+        let at = |x: f32, y: f32| RawLandmark {
+            x,
+            y,
+            ..RawLandmark::default()
+        };
+        body[NOSE] = at(nose[0], nose[1]);
+        body[LEFT_EAR] = at(nose[0] + ear_span / 2.0, nose[1]);
+        body[RIGHT_EAR] = at(nose[0] - ear_span / 2.0, nose[1]);
+        body[LEFT_EYE_OUTER] = at(nose[0] + ear_span / 4.0, nose[1]);
+        body[RIGHT_EYE_OUTER] = at(nose[0] - ear_span / 4.0, nose[1]);
+        body
     }
 
     #[test]
-    fn an_overlapping_detection_is_the_same_person() {
-        let known = rect(0.3, 0.5, 0.3, 0.4);
-        // Shifted a little: IoU well above 0.5.
-        assert!(same_person(&rect(0.32, 0.51, 0.3, 0.4), &known, SIZE));
-        // A smaller box inside (IoU low, centre inside): the same person.
-        assert!(same_person(&rect(0.3, 0.45, 0.1, 0.1), &known, SIZE));
-        // A neighbour beside: another person.
-        assert!(!same_person(&rect(0.7, 0.5, 0.3, 0.4), &known, SIZE));
-        assert!((iou(&known, &known, SIZE) - 1.0).abs() < 1e-6);
-        assert_eq!(iou(&known, &rect(0.9, 0.5, 0.1, 0.1), SIZE), 0.0);
-    }
-
-    #[test]
-    fn a_rotated_roi_is_bounded_by_its_corners() {
-        let mut r = rect(0.5, 0.5, 0.25, 0.25 * 640.0 / 480.0);
-        r.r = std::f32::consts::FRAC_PI_4;
-        let b = bounds(&r, SIZE);
-        // A 160-px square turned 45°: 226 px across.
-        assert!(((b[2] - b[0]) - 160.0 * 2f32.sqrt()).abs() < 0.5, "{b:?}");
+    fn a_detection_on_a_found_head_is_that_person_and_a_neighbour_is_not() {
+        // A head 64 px across (ears 0.05 of 640): size 64.
+        let head = Head::of(&body_with_head([0.5, 0.3], 0.05), SIZE);
+        assert!((head.size - 64.0).abs() < 1e-3, "{head:?}");
+        // The detector's face centre a little off the nose: the same person.
+        assert!(head.covers(Head::point([0.52, 0.29], SIZE)));
+        // A face one and a half head widths away (a neighbour): another.
+        assert!(!head.covers(Head::point([0.65, 0.3], SIZE)));
+        // Two people found on one head (two detections of one person).
+        let twin = Head::of(&body_with_head([0.51, 0.31], 0.05), SIZE);
+        assert!(head.same_as(&twin));
+        let neighbour = Head::of(&body_with_head([0.62, 0.3], 0.05), SIZE);
+        assert!(!head.same_as(&neighbour));
     }
 
     #[test]

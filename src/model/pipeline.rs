@@ -7,7 +7,7 @@
 use super::anchors::Anchor;
 use super::geometry::{ImageSize, NormRect};
 use super::nets::NetOutputs;
-use super::people::{self, PersonFound};
+use super::people::{self, Candidate, PersonFound};
 use super::result::{HolisticResult, StageTimings};
 use super::tracking::{DETECT_INTERVAL, PersonTrack, TrackingState, choose_roi};
 use super::warp::{CropTransform, TensorSpec, WarpError, crop_to_tensor};
@@ -174,7 +174,11 @@ impl Holistic {
             Some(roi) => Some(roi),
             None => {
                 let t = Instant::now();
-                let roi = self.detect_poses(image, size)?.into_iter().next();
+                let roi = self
+                    .detect_poses(image, size)?
+                    .into_iter()
+                    .next()
+                    .map(|c| c.roi);
                 timings.pose_detection += ms_since(t);
                 roi
             }
@@ -210,6 +214,9 @@ impl Holistic {
     /// the frame with everyone found so far painted over, which finds the
     /// neighbours the detector's weighted NMS merged into them. A detection
     /// on a person already found is that person; a new one gets the next id.
+    /// The first person is found on the frame as it is, so it is exactly
+    /// what single-person mode finds; the others on the frame with the heads
+    /// found before them painted over ([`people::masked`]).
     fn people(
         &self,
         image: &RgbImage,
@@ -220,52 +227,62 @@ impl Holistic {
     ) -> Result<HolisticResult, ModelError> {
         let tracking = opts.mode == Mode::Tracking;
         let max = opts.people;
-        let mut found: Vec<(PersonTrack, PersonFound)> = Vec::new();
+        // First every person's pose, in order; then everyone's face and
+        // hands, which are independent (and most of the work).
+        let mut found: Vec<(PersonTrack, pose::PoseLandmarks, people::Head)> = Vec::new();
+        // Everyone after the first is looked for on the frame with the heads
+        // found so far painted over: a crop of a person cut at the chest
+        // spans their neighbours, and the landmark net would lock onto the
+        // more salient one (measured on the pan clip: the third person's
+        // track drifted onto a neighbour within 2 to 15 frames).
+        let mut masked: Option<(usize, RgbImage)> = None;
+        fn pose_of(f: &(PersonTrack, pose::PoseLandmarks, people::Head)) -> &pose::PoseLandmarks {
+            &f.1
+        }
         if tracking {
             for mut track in std::mem::take(&mut state.people) {
                 let Some(roi) = track.pose_roi.take() else {
                     continue;
                 };
-                let Some(person) = self.person(image, size, &roi, opts, &mut track, timings)?
+                let frame = people::masked(image, &found, pose_of, &mut masked);
+                let Some(pose) = self.person_pose(frame, size, &roi, opts, &mut track, timings)?
                 else {
                     continue;
                 };
-                if !found
-                    .iter()
-                    .any(|(_, p)| people::same_person(&person.roi, &p.roi, size))
-                {
-                    found.push((track, person));
+                let head = people::Head::of(&pose.body, size);
+                if !found.iter().any(|f| head.same_as(&f.2)) {
+                    found.push((track, pose, head));
                 }
             }
         }
         let due = !tracking || found.is_empty() || state.since_detection + 1 >= DETECT_INTERVAL;
         if found.len() < max && due {
             state.since_detection = 0;
-            let mut painted: Option<RgbImage> = None;
             for _pass in 0..=people::RECALL_PASSES {
-                let t = Instant::now();
-                let rois = self.detect_poses(painted.as_ref().unwrap_or(image), size)?;
-                timings.pose_detection += ms_since(t);
                 let before = found.len();
-                for roi in rois {
+                let t = Instant::now();
+                let frame = people::masked(image, &found, pose_of, &mut masked);
+                let candidates = self.detect_poses(frame, size)?;
+                timings.pose_detection += ms_since(t);
+                for candidate in candidates {
                     if found.len() >= max {
                         break;
                     }
-                    let known = |r: &NormRect, found: &[(PersonTrack, PersonFound)]| {
-                        found
-                            .iter()
-                            .any(|(_, p)| people::same_person(r, &p.roi, size))
-                    };
-                    if known(&roi, &found) {
+                    let face = people::Head::point(candidate.face, size);
+                    if found.iter().any(|f| f.2.covers(face)) {
                         continue;
                     }
-                    // Landmarks on the real frame, not the painted one.
                     let mut track = PersonTrack::default();
-                    let Some(person) = self.person(image, size, &roi, opts, &mut track, timings)?
+                    let frame = people::masked(image, &found, pose_of, &mut masked);
+                    let Some(pose) =
+                        self.person_pose(frame, size, &candidate.roi, opts, &mut track, timings)?
                     else {
                         continue;
                     };
-                    if known(&person.roi, &found) {
+                    let head = people::Head::of(&pose.body, size);
+                    if found.iter().any(|f| head.same_as(&f.2))
+                        || !(found.is_empty() || self.shows_a_face(image, size, &pose.body)?)
+                    {
                         continue;
                     }
                     track.id = if tracking {
@@ -273,20 +290,17 @@ impl Holistic {
                     } else {
                         found.len() as u32
                     };
-                    found.push((track, person));
+                    found.push((track, pose, head));
                 }
                 if found.len() >= max || found.len() == before {
                     break;
                 }
-                painted = Some(people::without_faces(
-                    image,
-                    found.iter().map(|(_, p)| &p.pose),
-                ));
             }
         } else if tracking {
             state.since_detection += 1;
         }
 
+        let found = self.people_parts(image, size, found, opts, timings)?;
         let mut result = HolisticResult::default();
         if let Some((_, first)) = found.first() {
             first.fill(&mut result, opts.parts);
@@ -303,11 +317,82 @@ impl Holistic {
         Ok(result)
     }
 
+    /// Everyone's face and hands, on the frame as it is: split between this
+    /// pipeline and the second one while a core is free (each person's
+    /// right hand then stays on its thread), else one after the other.
+    fn people_parts(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        found: Vec<(PersonTrack, pose::PoseLandmarks, people::Head)>,
+        opts: &ProcessOptions,
+        timings: &mut StageTimings,
+    ) -> Result<Vec<(PersonTrack, PersonFound)>, ModelError> {
+        let branch = match &self.branch {
+            Some((pipeline, policy)) if found.len() > 1 && self.core_free(*policy) => {
+                Some(pipeline)
+            }
+            _ => None,
+        };
+        let Some(branch) = branch else {
+            return found
+                .into_iter()
+                .map(|(mut track, pose, _)| {
+                    let person =
+                        self.person_parts(image, size, pose, opts, &mut track, true, timings)?;
+                    Ok((track, person))
+                })
+                .collect();
+        };
+        // Even places here, odd ones on the second pipeline.
+        let (mut mine, mut theirs): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+        for (i, f) in found.into_iter().enumerate() {
+            if i % 2 == 0 {
+                mine.push((i, f))
+            } else {
+                theirs.push((i, f))
+            }
+        }
+        let mut branch_timings = StageTimings::default();
+        let run = |h: &Holistic,
+                   list: Vec<(usize, (PersonTrack, pose::PoseLandmarks, people::Head))>,
+                   timings: &mut StageTimings| {
+            list.into_iter()
+                .map(|(i, (mut track, pose, _))| {
+                    let person =
+                        h.person_parts(image, size, pose, opts, &mut track, false, timings)?;
+                    Ok((i, (track, person)))
+                })
+                .collect::<Result<Vec<_>, ModelError>>()
+        };
+        let (mine, theirs) = std::thread::scope(|scope| {
+            let theirs = scope.spawn(|| {
+                // A lock poisoned by a panic on an earlier frame is still
+                // fine to use: every run overwrites what it reads.
+                let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
+                run(&branch, theirs, &mut branch_timings)
+            });
+            let mine = run(self, mine, timings);
+            let theirs = theirs
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (mine, theirs)
+        });
+        timings.face_detection += branch_timings.face_detection;
+        timings.face_landmark += branch_timings.face_landmark;
+        timings.hand_recrop += branch_timings.hand_recrop;
+        timings.hand_landmark += branch_timings.hand_landmark;
+        let mut all = mine?;
+        all.extend(theirs?);
+        all.sort_by_key(|(i, _)| *i);
+        Ok(all.into_iter().map(|(_, f)| f).collect())
+    }
+
     /// One person's stages from its pose ROI (§4–8): the pose landmarks
-    /// (smoothed, and the next frame's ROI kept in `track`, when tracking),
-    /// then the face and both hands (tracked from `track`'s previous ones).
-    /// `None` when the pose is not found there. The same code for the one
-    /// person of MediaPipe's graph and for each of several.
+    /// ([`Holistic::person_pose`]), then the face and both hands
+    /// ([`Holistic::person_parts`]). `None` when the pose is not found there.
+    /// The same code for the one person of MediaPipe's graph and for each of
+    /// several.
     fn person(
         &self,
         image: &RgbImage,
@@ -317,8 +402,24 @@ impl Holistic {
         track: &mut PersonTrack,
         timings: &mut StageTimings,
     ) -> Result<Option<PersonFound>, ModelError> {
-        let tracking = opts.mode == Mode::Tracking;
-        let parts = opts.parts;
+        let Some(pose) = self.person_pose(image, size, roi, opts, track, timings)? else {
+            return Ok(None);
+        };
+        self.person_parts(image, size, pose, opts, track, true, timings)
+            .map(Some)
+    }
+
+    /// §4, §5, §8: the pose landmarks on `roi`, smoothed, and the next
+    /// frame's ROI kept in `track`, when tracking.
+    fn person_pose(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        roi: &NormRect,
+        opts: &ProcessOptions,
+        track: &mut PersonTrack,
+        timings: &mut StageTimings,
+    ) -> Result<Option<pose::PoseLandmarks>, ModelError> {
         let t = Instant::now();
         let found = match self.run(
             Net::PoseLandmark,
@@ -337,12 +438,30 @@ impl Holistic {
         let Some(mut pose) = found else {
             return Ok(None);
         };
-        if tracking {
+        if opts.mode == Mode::Tracking {
             let filters = track.pose_filters.get_or_insert_with(Default::default);
             filters.apply(&mut pose.body, &mut pose.aux, opts.timestamp_us, size);
             track.pose_roi = Some(pose::aux_to_roi(&pose.aux, size));
         }
+        Ok(Some(pose))
+    }
 
+    /// §6, §7: the face and both hands from the pose (tracked from
+    /// `track`'s previous ones), the right hand on the second pipeline when
+    /// `may_branch` and a core is free.
+    #[allow(clippy::too_many_arguments)]
+    fn person_parts(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        pose: pose::PoseLandmarks,
+        opts: &ProcessOptions,
+        track: &mut PersonTrack,
+        may_branch: bool,
+        timings: &mut StageTimings,
+    ) -> Result<PersonFound, ModelError> {
+        let tracking = opts.mode == Mode::Tracking;
+        let parts = opts.parts;
         let prev_face = if tracking { track.face.take() } else { None };
         let [prev_left, prev_right] = if tracking {
             std::mem::take(&mut track.hands)
@@ -385,7 +504,8 @@ impl Holistic {
         };
         let branch = match &self.branch {
             Some((pipeline, policy))
-                if parts.hands
+                if may_branch
+                    && parts.hands
                     && hands::roi_from_pose(body, hands::Side::Right, size).is_some()
                     && self.core_free(*policy) =>
             {
@@ -427,21 +547,50 @@ impl Holistic {
             track.face = face.clone();
             track.hands = [left.clone(), right.clone()];
         }
-        Ok(Some(PersonFound {
-            roi: pose::aux_to_roi(&pose.aux, size),
+        Ok(PersonFound {
             pose,
             face,
             hands: [left, right],
-        }))
+        })
     }
 
-    /// §2: every pose detection's ROI, in score order (MediaPipe's graph
-    /// keeps the first).
+    /// Whether a newly detected person shows a face: a face detection in
+    /// its head ROI (§6.1). A new person after the first must: on the pan
+    /// clip, poses that the landmark net hallucinated between the people
+    /// already found (on the painted frame) came without one, every real
+    /// person with one. A tracked person keeps its id when it turns away.
+    fn shows_a_face(
+        &self,
+        image: &RgbImage,
+        size: ImageSize,
+        body: &[pose::RawLandmark],
+    ) -> Result<bool, ModelError> {
+        let coarse = face::roi_from_pose(body, size);
+        Ok(
+            match self.run(
+                Net::FaceDetection,
+                image,
+                Some(&coarse),
+                &face::DETECTION_TENSOR,
+                true,
+            )? {
+                Some((outs, crop)) => {
+                    let (regressors, scores) = face::detection_outputs(&outs)?;
+                    face::best_detection(regressors, scores, &self.face_anchors, &crop, size)
+                        .is_some()
+                }
+                None => false,
+            },
+        )
+    }
+
+    /// §2: every pose detection, in score order (MediaPipe's graph keeps
+    /// the first): its ROI, and where its face is.
     pub(crate) fn detect_poses(
         &self,
         image: &RgbImage,
         size: ImageSize,
-    ) -> Result<Vec<NormRect>, ModelError> {
+    ) -> Result<Vec<Candidate>, ModelError> {
         let Some((outs, crop)) = self.run(
             Net::PoseDetection,
             image,
@@ -455,7 +604,11 @@ impl Holistic {
         let (boxes, scores) = pose::detection_outputs(&outs)?;
         Ok(pose::detections(boxes, scores, &self.pose_anchors, &crop)
             .iter()
-            .map(|d| pose::detection_to_roi(d, size))
+            .map(|d| Candidate {
+                roi: pose::detection_to_roi(d, size),
+                // The detector's box is the face's.
+                face: [d.bbox.xmin + d.bbox.w / 2.0, d.bbox.ymin + d.bbox.h / 2.0],
+            })
             .collect())
     }
 
