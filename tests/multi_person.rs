@@ -189,7 +189,6 @@ fn the_first_person_is_the_single_person_answer_when_tracking() {
 }
 
 #[test]
-#[ignore = "fails on the current pipeline: 1 person on all 120 frames (needs >= 3 on 90%), ids {0}; run with --ignored"]
 fn three_people_are_tracked_through_the_pan_with_stable_ids() {
     let holistic = holistic();
     let frames = clip("multi/video/faceapi2_pan.mjpeg", usize::MAX);
