@@ -75,13 +75,15 @@ impl MultiReport {
                         "{} person {} (ours {id}): no face",
                         p.image, p.index
                     )),
-                    Some((mean, _)) if !(mean <= self.max_face_err) => out.push(format!(
-                        "{} person {} (ours {id}): face mean error {:.2}% > {:.2}%",
-                        p.image,
-                        p.index,
-                        mean * 100.0,
-                        self.max_face_err * 100.0
-                    )),
+                    Some((mean, _)) if mean.is_nan() || mean > self.max_face_err => {
+                        out.push(format!(
+                            "{} person {} (ours {id}): face mean error {:.2}% > {:.2}%",
+                            p.image,
+                            p.index,
+                            mean * 100.0,
+                            self.max_face_err * 100.0
+                        ))
+                    }
                     Some(_) => {}
                 }
             }
