@@ -357,7 +357,6 @@ impl Holistic {
                 theirs.push((i, f))
             }
         }
-        let mut branch_timings = StageTimings::default();
         let run = |h: &Holistic,
                    list: Vec<(usize, (PersonTrack, pose::PoseLandmarks, people::Head))>,
                    timings: &mut StageTimings| {
@@ -369,23 +368,12 @@ impl Holistic {
                 })
                 .collect::<Result<Vec<_>, ModelError>>()
         };
-        let (mine, theirs) = std::thread::scope(|scope| {
-            let theirs = scope.spawn(|| {
-                // A lock poisoned by a panic on an earlier frame is still
-                // fine to use: every run overwrites what it reads.
-                let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
-                run(&branch, theirs, &mut branch_timings)
-            });
-            let mine = run(self, mine, timings);
-            let theirs = theirs
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (mine, theirs)
-        });
-        timings.face_detection += branch_timings.face_detection;
-        timings.face_landmark += branch_timings.face_landmark;
-        timings.hand_recrop += branch_timings.hand_recrop;
-        timings.hand_landmark += branch_timings.hand_landmark;
+        let (mine, theirs) = self.beside(
+            branch,
+            timings,
+            |h, t| run(h, mine, t),
+            |h, t| run(h, theirs, t),
+        );
         let mut all = mine?;
         all.extend(theirs?);
         all.sort_by_key(|(i, _)| *i);
@@ -519,22 +507,12 @@ impl Holistic {
         };
         let ((face, left), right) = match branch {
             Some(branch) => {
-                let mut branch_timings = StageTimings::default();
-                let (main, right) = std::thread::scope(|scope| {
-                    let right = scope.spawn(|| {
-                        // A lock poisoned by a panic on an earlier frame is
-                        // still fine to use: every run overwrites what it reads.
-                        let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
-                        right_hand(&branch, false, &mut branch_timings)
-                    });
-                    let main = face_and_left(self, false, timings);
-                    let right = right
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (main, right)
-                });
-                timings.hand_recrop += branch_timings.hand_recrop;
-                timings.hand_landmark += branch_timings.hand_landmark;
+                let (main, right) = self.beside(
+                    branch,
+                    timings,
+                    |h, t| face_and_left(h, false, t),
+                    |h, t| right_hand(h, false, t),
+                );
                 (main?, right?)
             }
             _ => {
@@ -722,6 +700,34 @@ impl Holistic {
         };
         timings.hand_landmark += ms_since(t);
         Ok(found)
+    }
+
+    /// Runs `there` on the second pipeline, on a thread of its own, while
+    /// `here` runs on this one; the second's stage times are added to
+    /// `timings`.
+    fn beside<A, B: Send>(
+        &self,
+        branch: &Mutex<Holistic>,
+        timings: &mut StageTimings,
+        here: impl FnOnce(&Holistic, &mut StageTimings) -> A,
+        there: impl FnOnce(&Holistic, &mut StageTimings) -> B + Send,
+    ) -> (A, B) {
+        let mut branch_timings = StageTimings::default();
+        let (a, b) = std::thread::scope(|scope| {
+            let b = scope.spawn(|| {
+                // A lock poisoned by a panic on an earlier frame is still
+                // fine to use: every run overwrites what it reads.
+                let branch = branch.lock().unwrap_or_else(|e| e.into_inner());
+                there(&branch, &mut branch_timings)
+            });
+            let a = here(self, timings);
+            let b = b
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (a, b)
+        });
+        timings.add_stages(&branch_timings);
+        (a, b)
     }
 
     /// Crops `rect` for `net` and runs it, on two cores

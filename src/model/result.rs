@@ -44,6 +44,18 @@ pub struct StageTimings {
     pub total: f64,
 }
 
+impl StageTimings {
+    /// Adds another thread's stage times (not its `total`).
+    pub fn add_stages(&mut self, other: &StageTimings) {
+        self.pose_detection += other.pose_detection;
+        self.pose_landmark += other.pose_landmark;
+        self.face_detection += other.face_detection;
+        self.face_landmark += other.face_landmark;
+        self.hand_recrop += other.hand_recrop;
+        self.hand_landmark += other.hand_landmark;
+    }
+}
+
 /// What MediaPipe Holistic returns for one frame. With more than one
 /// person asked for, `people` lists everyone found and the top-level parts
 /// are the first person's (so a single-person reader is unchanged); with one,

@@ -377,22 +377,7 @@ pub fn check_goldens(
     for path in goldens {
         let golden: GoldenImage = parse(&path)?;
         let image_path = images_dir.join(&golden.image);
-        // The test photos go up to 1920x1448: above a camera frame's limits.
-        let photo = &crate::model::image_input::DecodeLimits::PHOTO;
-        let image = crate::model::image_input::decode_image_with(&read(&image_path)?, photo)
-            .map_err(|e| ParityError::Model {
-                path: image_path.clone(),
-                source: e.into(),
-            })?;
-        if image.dimensions() != (golden.width, golden.height) {
-            return Err(ParityError::Data(format!(
-                "{}: image is {:?}, golden says {}x{}",
-                image_path.display(),
-                image.dimensions(),
-                golden.width,
-                golden.height
-            )));
-        }
+        let image = golden_photo(&image_path, golden.width, golden.height)?;
         let opts = ProcessOptions {
             people: 1,
             mode: Mode::Static,
@@ -497,6 +482,32 @@ pub fn parity(args: &ParityArgs) -> anyhow::Result<()> {
         bail!("parity thresholds missed");
     }
     Ok(())
+}
+
+/// A golden's photo, decoded and checked against the size the golden
+/// gives.
+pub(crate) fn golden_photo(
+    image_path: &Path,
+    width: u32,
+    height: u32,
+) -> Result<image::RgbImage, ParityError> {
+    // The test photos go up to 1920x1448: above a camera frame's limits.
+    let photo = &crate::model::image_input::DecodeLimits::PHOTO;
+    let image =
+        crate::model::image_input::decode_image_with(&read(image_path)?, photo).map_err(|e| {
+            ParityError::Model {
+                path: image_path.to_path_buf(),
+                source: e.into(),
+            }
+        })?;
+    if image.dimensions() != (width, height) {
+        return Err(ParityError::Data(format!(
+            "{}: image is {:?}, golden says {width}x{height}",
+            image_path.display(),
+            image.dimensions(),
+        )));
+    }
+    Ok(image)
 }
 
 /// The last word of every report's summary line: `PASS`, or `FAIL (n

@@ -309,21 +309,7 @@ pub fn check_multi(
     for path in goldens {
         let golden: GoldenPeople = parse(&path)?;
         let image_path = dir.join("images").join(&golden.image);
-        let photo = &crate::model::image_input::DecodeLimits::PHOTO;
-        let image = crate::model::image_input::decode_image_with(&read(&image_path)?, photo)
-            .map_err(|e| ParityError::Model {
-                path: image_path.clone(),
-                source: e.into(),
-            })?;
-        if image.dimensions() != (golden.width, golden.height) {
-            return Err(ParityError::Data(format!(
-                "{}: image is {:?}, golden says {}x{}",
-                image_path.display(),
-                image.dimensions(),
-                golden.width,
-                golden.height
-            )));
-        }
+        let image = super::golden_photo(&image_path, golden.width, golden.height)?;
         let opts = ProcessOptions {
             people: golden.people.len() + 2,
             mode: Mode::Static,
