@@ -16,7 +16,7 @@
 //!   (60 s), so the stream of a gateway that left disappears by itself.
 //!
 //!
-//! Map: [`wire`] (the stream entries, version 1), [`gateway`] (the
+//! Map: [`wire`] (the stream entries, version 2), [`gateway`] (the
 //! [`gateway::RemotePool`] a `serve --pool redis` gateway submits to),
 //! [`consumer`] (the threads of `holistream worker`). This file holds the
 //! names both sides agree on. Nothing here knows of sessions or HTTP.
@@ -28,7 +28,11 @@ pub mod wire;
 pub use gateway::{RemotePool, RemotePoolError, RemoteStats};
 
 /// Version of the job and result encodings written by this build.
-pub const WIRE_VERSION: u32 = 1;
+///
+/// 2: the tracking state holds a list of tracked people (multi-person
+/// Holistic), and `opts` may carry `people`; a version-1 worker could not
+/// read the state, so it answers `unsupported` instead of failing frames.
+pub const WIRE_VERSION: u32 = 2;
 /// The stream all gateways add jobs to.
 pub const JOBS_STREAM: &str = "holistream:jobs";
 /// The consumer group of the workers on [`JOBS_STREAM`].

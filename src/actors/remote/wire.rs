@@ -1,4 +1,4 @@
-//! The wire format of the remote pool, version 1: how a job and a result
+//! The wire format of the remote pool, version 2 (see [`WIRE_VERSION`]): how a job and a result
 //! are written as Redis stream entries. Owns the encodings; knows nothing of
 //! connections, sessions or the pipeline (the types it carries are the
 //! model's and the job's own).
@@ -7,11 +7,11 @@
 //!
 //! | field   | value                                                                 |
 //! |---------|-----------------------------------------------------------------------|
-//! | `v`     | `1` (the version; a worker answers `unsupported` to any other)          |
+//! | `v`     | `2` (the version; a worker answers `unsupported` to any other)          |
 //! | `gw`    | the asking gateway's id (results go to `holistream:results:<gw>`)       |
 //! | `job`   | the gateway's job number, decimal `u64`, echoed in the result           |
 //! | `ttl_ms`| time to live in ms after the entry id's timestamp                       |
-//! | `opts`  | JSON `{"mode":"static"\|"tracking","parts":{"pose","face","hands"},"timestamp_us"}` |
+//! | `opts`  | JSON `{"mode":"static"\|"tracking","parts":{"pose","face","hands"},"timestamp_us","people"}` (`people` absent: 1) |
 //! | `state` | JSON of the session's `TrackingState`                                  |
 //! | `jpeg`  | the JPEG, raw bytes                                                    |
 //!
@@ -19,7 +19,7 @@
 //!
 //! | field      | value                                                                  |
 //! |------------|------------------------------------------------------------------------|
-//! | `v`        | `1`                                                                    |
+//! | `v`        | `2`                                                                    |
 //! | `job`      | the job number                                                         |
 //! | `worker`   | the consumer name of the worker thread                                 |
 //! | `status`   | `ok`, `expired`, `lost`, `bad_frame`, `failed`, `unsupported`            |
@@ -346,14 +346,15 @@ mod tests {
             jpeg: Bytes::new(),
         }
         .to_fields();
-        fields[0].1 = b"2".to_vec();
+        let other = (WIRE_VERSION + 1).to_string();
+        fields[0].1 = other.clone().into_bytes();
         let e = entry(fields);
         assert_eq!(
             WireJob::from_entry(&e).unwrap_err(),
-            WireError::Version("2".into())
+            WireError::Version(other)
         );
         assert_eq!(WireJob::reply_address(&e), Some(("gw1".into(), 7)));
-        let bare = entry(vec![("v", b"1".to_vec())]);
+        let bare = entry(vec![("v", WIRE_VERSION.to_string().into_bytes())]);
         assert!(matches!(
             WireJob::from_entry(&bare),
             Err(WireError::Missing(_))
@@ -391,7 +392,7 @@ mod tests {
             assert_eq!(back.to_fields(), r.to_fields());
         }
         let unknown = entry(vec![
-            ("v", b"1".to_vec()),
+            ("v", WIRE_VERSION.to_string().into_bytes()),
             ("job", b"1".to_vec()),
             ("status", b"maybe".to_vec()),
         ]);
