@@ -161,15 +161,14 @@ impl Holistic {
     ) -> Result<HolisticResult, ModelError> {
         let tracking = opts.mode == Mode::Tracking;
         // The stream's one person (after a stream with more, the oldest).
-        let mut track = match tracking {
-            true if !state.people.is_empty() => {
-                let first = state.people.remove(0);
-                state.people.clear();
-                first
-            }
-            true => state.new_person(),
-            false => PersonTrack::default(),
+        let mut track = if tracking && !state.people.is_empty() {
+            let first = state.people.remove(0);
+            state.people.clear();
+            first
+        } else {
+            PersonTrack::default()
         };
+        let fresh = track.pose_roi.is_none();
         let roi = match track.pose_roi.take() {
             Some(roi) => Some(roi),
             None => {
@@ -196,6 +195,10 @@ impl Holistic {
             return Ok(HolisticResult::default());
         };
         if tracking {
+            // An id only for a person found: frames without one use none.
+            if fresh {
+                track.id = state.new_id();
+            }
             state.people.push(track);
         }
         let mut result = HolisticResult::default();
@@ -290,7 +293,7 @@ impl Holistic {
                         continue;
                     }
                     track.id = if tracking {
-                        state.new_person().id
+                        state.new_id()
                     } else {
                         found.len() as u32
                     };

@@ -60,15 +60,12 @@ impl TrackingState {
         self.people.iter().map(|p| p.id).collect()
     }
 
-    /// A new person's state, with the next id (never used before in this
-    /// stream).
-    pub(crate) fn new_person(&mut self) -> PersonTrack {
+    /// The id of a person found for the first time: the next one, never
+    /// used before in this stream.
+    pub(crate) fn new_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        PersonTrack {
-            id,
-            ..PersonTrack::default()
-        }
+        id
     }
 }
 
