@@ -589,6 +589,11 @@ mod tests {
             fused_vs_burn_bound("faceapi4", "left_hand", Mode::Static),
             0.01
         );
+        // `holistream parity` names its photos with their extension.
+        assert_eq!(
+            fused_vs_burn_bound("faceapi4.jpg", "left_hand", Mode::Static),
+            0.01
+        );
         assert_eq!(
             fused_vs_burn_bound("faceapi4", "face", Mode::Static),
             FUSED_VS_BURN_MAX_MEAN
