@@ -61,10 +61,17 @@ r = c["services"]["redis"]["command"]
 assert r[r.index("--requirepass") + 1] == "check-redis", r
 for s in ("gateway1", "gateway2", "worker"):
     assert c["services"][s]["environment"]["REDIS_URL"] == "redis://:check-redis@redis:6379/0", s
-# Only nginx is published; it forwards the client address, which the
-# gateways believe from the compose network only.
-for s in ("gateway1", "gateway2", "worker", "redis"):
+# Only nginx is published over TCP; it forwards the client address, which
+# the gateways believe from the compose network only. A gateway publishes
+# its WebRTC UDP port, as itself (the SDP answer announces that port).
+for s in ("worker", "redis"):
     assert "ports" not in c["services"][s], s
+for g, port in (("gateway1", 8189), ("gateway2", 8190)):
+    ports = c["services"][g]["ports"]
+    assert [(p["protocol"], p["target"], int(p["published"])) for p in ports] == [("udp", port, port)], (g, ports)
+    env = c["services"][g]["environment"]
+    assert env["HOLISTREAM_RTC_PORT"] == str(port), (g, env)
+    assert env["HOLISTREAM_RTC_PUBLIC_IP"] == "127.0.0.1", (g, env)
 subnet = c["networks"]["default"]["ipam"]["config"][0]["subnet"]
 for g in ("gateway1", "gateway2"):
     assert c["services"][g]["environment"]["HOLISTREAM_TRUSTED_PROXIES"] == subnet, g

@@ -7,8 +7,8 @@
 //! every layer: imports nothing from the crate.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Why a session dropped a frame: the label of `drops_total{reason}`, and
@@ -102,6 +102,131 @@ pub struct Metrics {
     /// Tasks alive on the runtime of each HTTP worker `thread`, sampled when
     /// a WebSocket opens: a leak of connection tasks shows as growth here.
     pub http_runtime_alive_tasks: IntGaugeVec,
+    /// WebRTC ingest (`actors::rtc`).
+    pub rtc: RtcMetrics,
+}
+
+/// The metrics of WebRTC ingest.
+#[derive(Clone)]
+pub struct RtcMetrics {
+    /// WebRTC peers currently open (each also counts in `sessions_active`).
+    pub sessions_active: IntGauge,
+    /// The UDP port every peer shares (0 while WebRTC ingest is off).
+    pub udp_port: IntGauge,
+    /// RTP packets that never arrived (gaps in the sequence after the
+    /// jitter buffer and retransmissions).
+    pub packets_lost_total: IntCounter,
+    /// Keyframe requests (PLI) sent, by `reason`: `loss`, `decode_error`,
+    /// `start` (a stream that began without one).
+    pub keyframe_requests_total: IntCounterVec,
+    /// Encoded frames decoded, by `codec`: `h264`, `vp8`.
+    pub frames_decoded_total: IntCounterVec,
+    /// Time to decode one encoded frame (colour conversion excluded: only
+    /// pictures that reach inference are converted, on the workers), by
+    /// `codec`.
+    pub decode_seconds: HistogramVec,
+    /// Encoded frames dropped before decoding, by `reason`: `queue_full`
+    /// (the decoder fell behind), `too_big`.
+    pub frames_dropped_total: IntCounterVec,
+    /// Results not delivered: the peer opened no data channel (a stock WHIP
+    /// encoder), or its channel was backed up.
+    pub results_undelivered_total: IntCounter,
+    /// UDP datagrams that belonged to no peer (garbage, or a peer already
+    /// gone).
+    pub udp_unmatched_total: IntCounter,
+    /// Peers torn down, by `reason`: `delete`, `timeout`, `ice_failed`,
+    /// `session_ended`, `shutdown`.
+    pub closed_total: IntCounterVec,
+}
+
+impl RtcMetrics {
+    fn new(registry: &Registry) -> RtcMetrics {
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("metric registration");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, label: &str, known: &[&str]| {
+            let c = reg(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric options"),
+            );
+            for value in known {
+                c.with_label_values(&[*value]);
+            }
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            reg(registry, IntGauge::new(name, help).expect("metric options"))
+        };
+        let counter = |name: &str, help: &str| {
+            reg(
+                registry,
+                IntCounter::new(name, help).expect("metric options"),
+            )
+        };
+        let decode_seconds = reg(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "rtc_decode_seconds",
+                    "Time to decode one encoded video frame, seconds",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128,
+                ]),
+                &["codec"],
+            )
+            .expect("metric options"),
+        );
+        for codec in ["h264", "vp8"] {
+            decode_seconds.with_label_values(&[codec]);
+        }
+        RtcMetrics {
+            sessions_active: gauge("rtc_sessions_active", "WebRTC peers currently open"),
+            udp_port: gauge("rtc_udp_port", "The UDP port of WebRTC ingest (0: off)"),
+            packets_lost_total: counter("rtc_packets_lost_total", "RTP packets that never arrived"),
+            keyframe_requests_total: counter_vec(
+                "rtc_keyframe_requests_total",
+                "Keyframe requests (PLI) sent, by reason",
+                "reason",
+                &["loss", "decode_error", "start"],
+            ),
+            frames_decoded_total: counter_vec(
+                "rtc_frames_decoded_total",
+                "Encoded video frames decoded, by codec",
+                "codec",
+                &["h264", "vp8"],
+            ),
+            decode_seconds,
+            frames_dropped_total: counter_vec(
+                "rtc_frames_dropped_total",
+                "Encoded video frames dropped before decoding, by reason",
+                "reason",
+                &["queue_full", "too_big"],
+            ),
+            results_undelivered_total: counter(
+                "rtc_results_undelivered_total",
+                "Results not delivered (no data channel, or it was backed up)",
+            ),
+            udp_unmatched_total: counter(
+                "rtc_udp_unmatched_total",
+                "UDP datagrams that belonged to no WebRTC peer",
+            ),
+            closed_total: counter_vec(
+                "rtc_closed_total",
+                "WebRTC peers torn down, by reason",
+                "reason",
+                &[
+                    "delete",
+                    "timeout",
+                    "ice_failed",
+                    "session_ended",
+                    "shutdown",
+                ],
+            ),
+        }
+    }
 }
 
 impl Metrics {
@@ -127,8 +252,11 @@ impl Metrics {
 
         let sessions_active = reg(
             &registry,
-            IntGauge::new("sessions_active", "WebSocket sessions currently open")
-                .expect("metric options"),
+            IntGauge::new(
+                "sessions_active",
+                "Client sessions currently open (WebSocket and WebRTC)",
+            )
+            .expect("metric options"),
         );
         let frames_total = counter_vec("frames_total", "Frames by outcome", "outcome");
         let drops_total = counter_vec("drops_total", "Frames dropped, by reason", "reason");
@@ -229,10 +357,18 @@ impl Metrics {
         for reason in ["panic", "stall"] {
             worker_restarts_total.with_label_values(&[reason]);
         }
-        for outcome in ["ok", "wrong_password", "rate_limited", "unavailable"] {
+        for outcome in [
+            "ok",
+            "wrong_password",
+            "rate_limited",
+            "unavailable",
+            "bearer_ok",
+            "wrong_token",
+        ] {
             logins_total.with_label_values(&[outcome]);
         }
 
+        let rtc = RtcMetrics::new(&registry);
         Metrics {
             registry,
             sessions_active,
@@ -251,6 +387,7 @@ impl Metrics {
             abandoned_threads,
             remote_jobs_total,
             http_runtime_alive_tasks,
+            rtc,
         }
     }
 

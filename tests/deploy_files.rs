@@ -372,6 +372,7 @@ fn nginx_balances_over_the_gateways_compose_starts() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("server "))
         .filter_map(|l| l.split_whitespace().next())
+        .map(|a| a.trim_end_matches(';'))
         .filter(|a| a.contains(':'))
         .map(str::to_string)
         .collect();

@@ -234,6 +234,9 @@ async fn people_through_the_local_pool() {
         max_outstanding: 1,
         json: true,
         people: PEOPLE,
+        transport: loadgen::Transport::Ws,
+        codec: loadgen::CodecArg::H264,
+        bitrate_kbps: 1000,
     };
     let report = loadgen::run(&args).await.expect("loadgen");
     println!("{}", report.to_text());

@@ -153,6 +153,13 @@ async fn start_nginx(root: &Path, gateways: [&Gateway; 2], tls: bool) -> Nginx {
             &format!("server gateway{}:8080 ", i + 1),
             &format!("server 127.0.0.1:{} ", g.port),
         );
+        // The gateway's own upstream (WHIP's DELETE is routed to it).
+        main = rewrite(
+            "nginx.conf",
+            &main,
+            &format!("server gateway{}:8080;", i + 1),
+            &format!("server 127.0.0.1:{};", g.port),
+        );
     }
     main = rewrite(
         "nginx.conf",
@@ -397,6 +404,65 @@ async fn phases(client: &Client, d: &mut Deployment, started: Instant) {
     eprintln!("[{:?}] 3. /admin/ and /metrics refused", started.elapsed());
     streams_over_tls(client, d).await;
     eprintln!("[{:?}] 4. TLS", started.elapsed());
+    routes_whip_deletes_to_their_gateway(d).await;
+    eprintln!(
+        "[{:?}] 5. WHIP through nginx, each DELETE to its gateway",
+        started.elapsed()
+    );
+}
+
+/// WHIP signalling through nginx: offers go round robin, and each
+/// session's `DELETE` reaches the gateway that holds it (named in its
+/// `Location`), never the other (which would answer 404 and leave the
+/// session to its ICE timeout).
+async fn routes_whip_deletes_to_their_gateway(d: &mut Deployment) {
+    use holistream::actors::rtc::VideoCodec;
+    use holistream::actors::rtc::client::{ClientOptions, RtcClient};
+    let nginx = d.nginx.as_ref().unwrap().http;
+    let from = Ipv4Addr::new(127, 0, 0, 31);
+    let auth = format!("Bearer {PASSWORD}");
+    let mut locations = Vec::new();
+    for _ in 0..6 {
+        let opts = ClientOptions {
+            codec: VideoCodec::H264,
+            bitrate_kbps: 500,
+            fps: 10,
+            data_channel: true,
+            width: 640,
+            height: 480,
+        };
+        let (_pending, offer) = RtcClient::offer(Ipv4Addr::LOCALHOST.into(), opts).unwrap();
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/sdp"),
+        ];
+        let resp = http_from(from, nginx, "POST", "/whip", &headers, &offer).await;
+        assert_eq!(resp.status, 201, "POST /whip through nginx: {resp:?}");
+        assert!(resp.body.contains("a=ice-lite"), "{resp:?}");
+        locations.push(resp.header("Location").expect("Location").to_string());
+    }
+    for gateway in ["gateway1", "gateway2"] {
+        assert!(
+            locations
+                .iter()
+                .any(|l| l.starts_with(&format!("/whip/{gateway}/"))),
+            "round robin never reached {gateway}: {locations:?}"
+        );
+    }
+    for location in &locations {
+        let headers = [("Authorization", auth.as_str())];
+        let resp = http_from(from, nginx, "DELETE", location, &headers, "").await;
+        assert_eq!(
+            resp.status, 200,
+            "DELETE {location} through nginx: {resp:?}"
+        );
+    }
+    for g in &d.gateways {
+        assert_eq!(
+            gateway_metric(g, "holistream_rtc_sessions_active").await,
+            0.0
+        );
+    }
 }
 
 /// Waits for `count` more results with MediaPipe's landmark counts than

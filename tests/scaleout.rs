@@ -197,7 +197,7 @@ fn frame_job(seq: u32, jpeg: &Bytes) -> FrameJob {
         seq,
         capture_ts: 0.0,
         arrived: Instant::now(),
-        jpeg: jpeg.clone(),
+        frame: holistream::model::FrameData::Jpeg(jpeg.clone()),
         parts: Parts::default(),
         mode: Mode::Static,
         timestamp_us: 0,

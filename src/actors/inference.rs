@@ -276,14 +276,14 @@ fn process_frame(
         seq,
         capture_ts,
         arrived,
-        jpeg,
+        frame: data,
         mut tracking,
         ..
     } = frame;
     let run = run_frame(
         holistic,
         &shared.decode_limits,
-        &jpeg,
+        &data,
         &opts,
         &mut tracking,
         queued,

@@ -12,7 +12,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ractor::factory::queues::StandardPriority;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -20,8 +19,9 @@ use uuid::Uuid;
 use super::protocol::{ErrorCode, FrameTimings, result_json};
 use crate::config::{DecodeLimits, Fault};
 use crate::metrics::DropReason;
-use crate::model::image_input::decode_image_with;
-use crate::model::{Holistic, HolisticResult, Mode, Parts, ProcessOptions, TrackingState};
+use crate::model::{
+    FrameData, Holistic, HolisticResult, Mode, Parts, ProcessOptions, TrackingState,
+};
 
 /// One frame for the pool: the JPEG, what to compute, and the session's
 /// tracking state, which comes back in the [`FrameDone`].
@@ -37,8 +37,9 @@ pub struct FrameJob {
     pub capture_ts: f64,
     /// When the frame arrived at the session; `total_ms` counts from here.
     pub arrived: Instant,
-    /// The JPEG bytes (decoded by the worker, off the async threads).
-    pub jpeg: Bytes,
+    /// The frame: a JPEG or a decoded video picture, turned into RGB by the
+    /// worker, off the async threads.
+    pub frame: FrameData,
     /// Parts to compute.
     pub parts: Parts,
     /// Static images or a live stream (tracking between frames).
@@ -261,8 +262,8 @@ pub struct FrameRun {
 }
 
 /// Decodes, runs and serialises one frame on the calling thread (a worker
-/// thread, never an async one): the injected `fault` first, then the JPEG
-/// within `limits`, the pipeline with the session's `tracking` state, and
+/// thread, never an async one): the injected `fault` first, then the frame
+/// to RGB within `limits`, the pipeline with the session's `tracking` state, and
 /// the landmarks to JSON.
 ///
 /// A panic is caught and answered [`FrameFailure::WorkerPanicked`]; the
@@ -272,7 +273,7 @@ pub struct FrameRun {
 pub fn run_frame(
     holistic: &Holistic,
     limits: &DecodeLimits,
-    jpeg: &[u8],
+    frame: &FrameData,
     opts: &ProcessOptions,
     tracking: &mut TrackingState,
     queued: Duration,
@@ -286,8 +287,9 @@ pub fn run_frame(
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let t_decode = Instant::now();
-        let image =
-            decode_image_with(jpeg, limits).map_err(|e| FrameFailure::BadFrame(e.to_string()))?;
+        let image = frame
+            .to_rgb(limits)
+            .map_err(|e| FrameFailure::BadFrame(e.to_string()))?;
         let decode = t_decode.elapsed();
 
         let t_infer = Instant::now();

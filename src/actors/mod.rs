@@ -3,9 +3,12 @@
 //! Map of this module:
 //! - [`protocol`]: the WebSocket wire format (binary frame header, JSON control
 //!   and server messages).
-//! - [`session`]: one actix [`session::SessionActor`] per WebSocket connection:
+//! - [`session`]: one actix actor per client, [`session::SessionActor`] for a
+//!   WebSocket, [`session::RtcSession`] for a WebRTC peer, both on one core:
 //!   fps cap, latest-wins frame slot, the client's tracking state, stats, and
 //!   the [`SessionRegistry`] that bounds and closes sessions.
+//! - [`rtc`]: WebRTC ingest: the [`rtc::RtcEngine`] (one UDP socket, str0m
+//!   peers, a decoder thread per peer) and the client side.
 //! - [`job`]: one frame's job and its answer, and [`job::run_frame`], the one
 //!   way a frame is run, whichever executor runs it.
 //! - [`pool`]: the [`InferencePool`] handle in front of a ractor factory of
@@ -20,7 +23,9 @@
 //!
 //! Data flow: WebSocket frame → session (header check, fps cap, slot) →
 //! `InferencePool::submit` → factory queue → worker actor → worker thread →
-//! reply (result JSON + new tracking state) → session → WebSocket.
+//! reply (result JSON + new tracking state) → session → WebSocket. WebRTC:
+//! UDP → engine → decoder thread → session (the same from there) → engine
+//! → data channel.
 //!
 //! Imports `model` and the root plumbing (`config`, `metrics`,
 //! `session_id`); nothing from `http` or `commands`.
@@ -30,8 +35,10 @@ pub mod job;
 pub mod pool;
 pub mod protocol;
 pub mod remote;
+pub mod rtc;
 pub mod session;
 
 pub use job::{FrameDone, FrameFailure, FrameJob, FrameOutput};
 pub use pool::{InferencePool, PoolError};
-pub use session::{SessionActor, SessionRegistry, SessionsFull};
+pub use rtc::RtcEngine;
+pub use session::{RtcSession, RtcSessionMsg, SessionActor, SessionRegistry, SessionsFull};

@@ -386,9 +386,31 @@ pub fn result_json(
     )
 }
 
+/// A `result` message (from [`result_json`]) with the frame's RTP
+/// timestamp added after its `type`: what a WebRTC client gets, to match the
+/// result to the video frame it shows.
+pub fn with_rtp_ts(result: &str, rtp_ts: u32) -> String {
+    const HEAD: &str = r#"{"type":"result","#;
+    match result.strip_prefix(HEAD) {
+        Some(rest) => format!(r#"{HEAD}"rtp_ts":{rtp_ts},{rest}"#),
+        // Not one of ours: passed on as it is rather than broken.
+        None => result.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtp_ts_goes_into_a_result_as_a_number() {
+        let r = result_json(7, 12.5, &FrameTimings::default(), r#""pose":[]"#);
+        let v: serde_json::Value = serde_json::from_str(&with_rtp_ts(&r, 4_294_967_295)).unwrap();
+        assert_eq!(v["rtp_ts"], 4_294_967_295u32);
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["type"], "result");
+        assert_eq!(with_rtp_ts("{}", 1), "{}");
+    }
 
     #[test]
     fn all_lists_every_code_once_with_its_wire_name() {

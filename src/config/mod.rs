@@ -13,7 +13,7 @@
 //! `http`, `model` or `commands`; each of them imports its section from here.
 //!
 //! Map: [`pool`] (`[pool]`, `[pool.remote]`), [`session`] (`[session]`),
-//! [`model`] (`[model]`), [`worker`] (`[worker]`), [`faults`] (the
+//! [`model`] (`[model]`), [`rtc`] (`[rtc]`), [`worker`] (`[worker]`), [`faults`] (the
 //! fault-injection plan of `pool.faults`), [`limits`] (frame size limits),
 //! [`args`] (the flags of `serve` and `worker`); `[server]`, `[auth]`,
 //! `[redis]` and `[admin]` are below.
@@ -23,6 +23,7 @@ pub mod faults;
 pub mod limits;
 pub mod model;
 pub mod pool;
+pub mod rtc;
 pub mod session;
 pub mod worker;
 
@@ -36,6 +37,7 @@ pub use faults::{Fault, FaultPlan, FaultPlanError};
 pub use limits::{DecodeLimits, DecodeLimitsError};
 pub use model::{Branches, ModelConfig, Nets};
 pub use pool::{FaultPastDeadline, PoolConfig, PoolKind, RemotePoolConfig};
+pub use rtc::RtcConfig;
 pub use session::SessionConfig;
 pub use worker::WorkerConfig;
 
@@ -88,6 +90,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub admin: AdminConfig,
     pub model: ModelConfig,
+    pub rtc: RtcConfig,
     /// Read by `holistream worker` only.
     pub worker: WorkerConfig,
 }
@@ -269,6 +272,7 @@ impl Config {
             self.admin.enabled = parse_bool("HOLISTREAM_ADMIN_ENABLED", &v)?;
         }
         self.model.apply_env()?;
+        self.rtc.apply_env()?;
         Ok(())
     }
 
@@ -361,6 +365,7 @@ impl Config {
         }
         self.pool.validate()?;
         self.session.validate()?;
+        self.rtc.validate(&self.server.host)?;
         Ok(())
     }
 

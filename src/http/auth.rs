@@ -428,6 +428,67 @@ impl AppState {
     }
 }
 
+/// Who opened a WHIP session ([`AppState::authorize_ingest`]).
+pub enum Ingester {
+    /// The page, with its login session (the WebRTC session ends with it).
+    Login(Uuid),
+    /// A bearer token (the entry code or an ingest token): a session of
+    /// its own.
+    Token,
+}
+
+impl AppState {
+    /// Admission of a WHIP request: without `Authorization`, as
+    /// [`AppState::authorize_ws`] (cookie and `Origin`); with `Bearer
+    /// <token>`, the entry code or one of `rtc.ingest_tokens`, through the
+    /// login rate limiter (401 when wrong, 429 after too many).
+    pub async fn authorize_ingest(&self, req: &HttpRequest) -> Result<Ingester, Error> {
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return self.authorize_ws(req).await.map(Ingester::Login);
+        };
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or(Error::Unauthorized)?;
+        let ip = self.auth.client_ip(req);
+        let key = limiter_key(ip);
+        let limiter = &self.auth.limiter;
+        let count = |outcome: &str| {
+            self.metrics
+                .logins_total
+                .with_label_values(&[outcome])
+                .inc()
+        };
+        if let Err(retry_after) = limiter.check(key) {
+            count("rate_limited");
+            return Err(Error::RateLimited {
+                retry_after_s: retry_after_secs(retry_after),
+            });
+        }
+        // Every candidate compared, each in constant time: which one
+        // matched must not show in the timing either.
+        let matched = std::iter::once(self.auth.password.as_str())
+            .chain(self.config.rtc.ingest_tokens.iter().map(String::as_str))
+            .fold(false, |any, t| password_matches(t, token) | any);
+        if matched {
+            limiter.record_success(key);
+            count("bearer_ok");
+            Ok(Ingester::Token)
+        } else {
+            limiter.record_failure(key);
+            count("wrong_token");
+            tracing::info!(%ip, "wrong WHIP bearer token");
+            Err(Error::Unauthorized)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,16 @@ pub enum Error {
     /// 503: the server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// 413: a body over its limit.
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415: a body of another type than the one named.
+    #[error("content type must be {0}")]
+    UnsupportedMediaType(&'static str),
+    /// 422: a well-formed request this server cannot serve (an SDP offer
+    /// without a codec it decodes); the message is written for the client.
+    #[error("{0}")]
+    Unprocessable(String),
     /// 400: a malformed request; the message is written for the client.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -70,6 +80,9 @@ impl ResponseError for Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

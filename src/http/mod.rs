@@ -5,7 +5,8 @@
 //! - [`auth`]: entry-code login, session cookies, wrong-code rate limiter,
 //!   WebSocket admission ([`AppState::authorize_ws`]).
 //! - [`store`]: which sessions are valid; in memory, mirrored in Redis.
-//! - [`ws`]: the `/ws` upgrade into a session actor; [`admin`]: run-time
+//! - [`ws`]: the `/ws` upgrade into a session actor; [`whip`]: `POST
+//!   /whip` (WebRTC ingest, RFC 9725) into a WebRTC session; [`admin`]: run-time
 //!   fault injection, off unless the operator enables it (404 otherwise).
 //! - [`error`]: the one HTTP error type. `/metrics` renders the root
 //!   [`crate::metrics`].
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod store;
+pub mod whip;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -31,7 +33,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::{InferencePool, SessionRegistry};
+use crate::actors::{InferencePool, RtcEngine, SessionRegistry};
 use crate::config::{Config, PASSWORD_ENV};
 
 use crate::metrics::Metrics;
@@ -52,6 +54,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down; session actors close on it.
     pub shutdown: CancellationToken,
     pub auth: Auth,
+    /// WebRTC ingest; `None` when `rtc.enabled` is off (`/whip` is 404).
+    pub rtc: Option<RtcEngine>,
 }
 
 /// The Content-Security-Policy of every response: the demo's own scripts,
@@ -98,6 +102,17 @@ fn routes(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path, admin_enabled
     )
     .route("/auth/logout", web::post().to(auth::logout))
     .route("/ws", web::get().to(ws::ws_route))
+    .route("/whip", web::post().to(whip::post))
+    .service(
+        web::resource("/whip/{id}")
+            .route(web::delete().to(whip::delete))
+            .route(web::patch().to(whip::patch)),
+    )
+    .service(
+        web::resource("/whip/{gateway}/{id}")
+            .route(web::delete().to(whip::delete_on))
+            .route(web::patch().to(whip::patch)),
+    )
     .configure(|cfg| admin::routes(cfg, admin_enabled))
     .route("/metrics", web::get().to(metrics_route))
     .route("/healthz", web::get().to(healthz))
@@ -207,6 +222,20 @@ pub async fn run(
         config.auth.max_tracked_clients,
     )
     .with_global_alert(config.auth.global_failures_alert_per_min);
+    let rtc = if config.rtc.enabled {
+        let engine = RtcEngine::start(
+            &config.rtc,
+            &config.server.host,
+            config.pool.decode_limits()?,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .context("starting WebRTC ingest")?;
+        tracing::info!(udp = %engine.local_addr(), "WebRTC ingest (WHIP) listening");
+        Some(engine)
+    } else {
+        None
+    };
     let proxies = crate::net::TrustedProxies::parse(&config.server.trusted_proxies)
         .context("server.trusted_proxies")?;
     let state = web::Data::new(AppState {
@@ -217,6 +246,7 @@ pub async fn run(
         metrics,
         shutdown: shutdown.clone(),
         auth: Auth::new(password, config.server.secure_cookie, limiter, proxies),
+        rtc,
     });
     let sweeper = store.spawn_sweeper(
         Duration::from_millis(config.auth.sweep_interval_ms),

@@ -28,8 +28,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
 use mozjpeg_sys::{J_COLOR_SPACE, jpeg_common_struct, jpeg_error_mgr};
 
+mod i420;
 mod jpeg_layout;
 
+pub use i420::{I420Picture, i420_len};
 use jpeg_layout::JpegLayout;
 pub use jpeg_layout::MAX_SCANS;
 
@@ -96,6 +98,48 @@ pub enum ImageInputError {
     /// stays out of the error.
     #[error("image could not be decoded: the decoder failed")]
     DecoderPanicked,
+}
+
+/// A frame as a client sent it, for a worker to turn into RGB: a JPEG (the
+/// WebSocket) or a decoded video picture (WebRTC, decoded on arrival since
+/// inter-frame codecs need every frame).
+#[derive(Debug, Clone)]
+pub enum FrameData {
+    Jpeg(bytes::Bytes),
+    I420(I420Picture),
+}
+
+impl FrameData {
+    /// The frame as RGB: a JPEG decoded within `limits`, a picture
+    /// converted (its size was checked against the limits when it was made).
+    pub fn to_rgb(&self, limits: &DecodeLimits) -> Result<RgbImage, ImageInputError> {
+        match self {
+            FrameData::Jpeg(bytes) => decode_image_with(bytes, limits),
+            FrameData::I420(picture) => {
+                if limits.admits(picture.width(), picture.height()) {
+                    Ok(picture.to_rgb())
+                } else {
+                    Err(ImageInputError::TooLarge {
+                        width: picture.width(),
+                        height: picture.height(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Size in bytes as it travels (for logs and bounds).
+    pub fn len(&self) -> usize {
+        match self {
+            FrameData::Jpeg(bytes) => bytes.len(),
+            FrameData::I420(picture) => picture.planes().len(),
+        }
+    }
+
+    /// True for an empty JPEG (a picture is never empty).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Decodes JPEG or PNG bytes to 8-bit RGB (grayscale becomes three equal

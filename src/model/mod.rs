@@ -36,7 +36,7 @@ pub mod tracking;
 pub mod warp;
 
 pub use holistream_nets::{Backend, Net, NetError, NetRunner};
-pub use image_input::{ImageInputError, decode_image};
+pub use image_input::{FrameData, I420Picture, ImageInputError, decode_image};
 pub use pipeline::Holistic;
 pub use result::{HolisticResult, Landmark, Person, PoseLandmark, StageTimings};
 pub use tracking::TrackingState;

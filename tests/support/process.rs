@@ -186,7 +186,11 @@ pub fn spawn_serve(
     let mut all_args = vec!["serve"];
     all_args.extend_from_slice(args);
     all_args.extend_from_slice(&["--host", "127.0.0.1", "--port", &port]);
-    let mut all_env = vec![("HOLISTREAM_WEB_DIR", web_dir())];
+    // WebRTC on a free UDP port: tests run servers side by side.
+    let mut all_env = vec![
+        ("HOLISTREAM_WEB_DIR", web_dir()),
+        ("HOLISTREAM_RTC_PORT", "0".to_string()),
+    ];
     all_env.extend(env.iter().cloned());
     Proc::holistream(name, &all_args, &all_env, dir)
 }

@@ -24,7 +24,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 /// A configuration for tests: a fixed entry code, one inference worker, one
 /// HTTP worker, short shutdown bound, the repository's `web/` folder, the
 /// admin routes on with [`ADMIN_TOKEN`] (off by default in a real server:
-/// tests of that default turn them off again), and no per-cookie socket cap.
+/// tests of that default turn them off again), no per-cookie socket cap, and
+/// WebRTC ingest on a free UDP port.
 pub fn test_config(password: &str) -> Config {
     let mut c = Config::default();
     c.server.host = "127.0.0.1".into();
@@ -39,6 +40,8 @@ pub fn test_config(password: &str) -> Config {
     // Many tests stand for several clients with one login; the default cap
     // of 2 sockets per cookie is tested on its own (tests/trust_boundary.rs).
     c.server.max_sockets_per_session = c.server.max_sessions;
+    // WebRTC ingest on a free UDP port: tests run servers side by side.
+    c.rtc.port = 0;
     c
 }
 

@@ -560,7 +560,7 @@ impl ThreadState<'_> {
         let run = run_frame(
             &*self.holistic,
             &ctx.decode_limits,
-            &job.jpeg,
+            &job.frame,
             &job.opts,
             &mut tracking,
             queued,

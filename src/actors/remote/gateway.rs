@@ -264,7 +264,7 @@ impl RemotePool {
                 ttl_ms: shared.cfg.job_ttl_ms,
                 opts: frame.options(),
                 tracking: frame.tracking.clone(),
-                jpeg: frame.jpeg,
+                frame: frame.frame,
             };
             let waiting = WaitingJob {
                 seq,

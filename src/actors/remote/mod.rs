@@ -33,6 +33,9 @@ pub use gateway::{RemotePool, RemotePoolError, RemoteStats};
 /// Holistic), and `opts` may carry `people`; a version-1 worker could not
 /// read the state, so it answers `unsupported` instead of failing frames.
 pub const WIRE_VERSION: u32 = 2;
+/// The version of a job that carries a decoded picture instead of a JPEG
+/// (WebRTC ingest); results stay [`WIRE_VERSION`].
+pub const PICTURE_WIRE_VERSION: u32 = 3;
 /// The stream all gateways add jobs to.
 pub const JOBS_STREAM: &str = "holistream:jobs";
 /// The consumer group of the workers on [`JOBS_STREAM`].

@@ -13,7 +13,14 @@
 //! | `ttl_ms`| time to live in ms after the entry id's timestamp                       |
 //! | `opts`  | JSON `{"mode":"static"\|"tracking","parts":{"pose","face","hands"},"timestamp_us","people"}` (`people` absent: 1) |
 //! | `state` | JSON of the session's `TrackingState`                                  |
-//! | `jpeg`  | the JPEG, raw bytes                                                    |
+//! | `jpeg`  | the JPEG, raw bytes (version 2)                                        |
+//! | `i420`  | instead of `jpeg`, a decoded video picture (WebRTC): packed I420 planes (version 3) |
+//! | `size`  | with `i420`: `<width>x<height>`                                          |
+//!
+//! A job with a JPEG is written as version 2, byte for byte what workers of
+//! the previous release read; only a job with a picture is version 3, so an
+//! older worker in a mixed deployment answers `unsupported` to WebRTC frames
+//! alone and keeps serving WebSocket ones.
 //!
 //! A result is an entry of the gateway's result stream:
 //!
@@ -35,9 +42,10 @@ use bytes::Bytes;
 use redis::Value;
 use redis::streams::StreamId;
 
-use super::WIRE_VERSION;
+use super::{PICTURE_WIRE_VERSION, WIRE_VERSION};
 use crate::actors::protocol::FrameTimings;
-use crate::model::{ProcessOptions, TrackingState};
+use crate::config::DecodeLimits;
+use crate::model::{FrameData, I420Picture, ProcessOptions, TrackingState};
 
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -94,7 +102,7 @@ pub struct WireJob {
     /// The session's tracking state.
     pub tracking: TrackingState,
     /// The frame.
-    pub jpeg: Bytes,
+    pub frame: FrameData,
 }
 
 fn field<'a>(entry: &'a StreamId, name: &'static str) -> Result<&'a Value, WireError> {
@@ -140,30 +148,69 @@ pub type Fields = Vec<(&'static str, Vec<u8>)>;
 impl WireJob {
     /// The fields of the `XADD`.
     pub fn to_fields(&self) -> Fields {
-        vec![
-            ("v", WIRE_VERSION.to_string().into_bytes()),
+        let version = match self.frame {
+            FrameData::Jpeg(_) => WIRE_VERSION,
+            FrameData::I420(_) => PICTURE_WIRE_VERSION,
+        };
+        let mut fields = vec![
+            ("v", version.to_string().into_bytes()),
             ("gw", self.gateway.clone().into_bytes()),
             ("job", self.job.to_string().into_bytes()),
             ("ttl_ms", self.ttl_ms.to_string().into_bytes()),
             // unwrap: plain structs of numbers and bools always serialise.
             ("opts", serde_json::to_vec(&self.opts).unwrap()),
             ("state", serde_json::to_vec(&self.tracking).unwrap()),
-            ("jpeg", self.jpeg.to_vec()),
-        ]
+        ];
+        match &self.frame {
+            FrameData::Jpeg(jpeg) => fields.push(("jpeg", jpeg.to_vec())),
+            FrameData::I420(picture) => {
+                fields.push(("i420", picture.planes().to_vec()));
+                fields.push((
+                    "size",
+                    format!("{}x{}", picture.width(), picture.height()).into_bytes(),
+                ));
+            }
+        }
+        fields
     }
 
     /// Reads a job from a stream entry. The gateway and job number are read
     /// first, so that even a job of another version can be answered
     /// ([`WireJob::reply_address`]).
     pub fn from_entry(entry: &StreamId) -> Result<WireJob, WireError> {
-        check_version(entry)?;
+        let v = field_string(entry, "v")?;
+        let frame = if v == WIRE_VERSION.to_string() {
+            FrameData::Jpeg(Bytes::from(field_bytes(entry, "jpeg")?))
+        } else if v == PICTURE_WIRE_VERSION.to_string() {
+            let size = field_string(entry, "size")?;
+            let bad = |why: String| WireError::Malformed("size", why);
+            let (w, h) = size
+                .split_once('x')
+                .ok_or_else(|| bad(format!("{size:?} is not WxH")))?;
+            let (w, h) = (
+                w.parse().map_err(|_| bad(format!("{size:?} is not WxH")))?,
+                h.parse().map_err(|_| bad(format!("{size:?} is not WxH")))?,
+            );
+            // The hard cap here; the worker holds the picture to its own
+            // limits when it converts it.
+            let picture = I420Picture::new(
+                w,
+                h,
+                Bytes::from(field_bytes(entry, "i420")?),
+                &DecodeLimits::HARD_CAP,
+            )
+            .map_err(|e| WireError::Malformed("i420", e.to_string()))?;
+            FrameData::I420(picture)
+        } else {
+            return Err(WireError::Version(v));
+        };
         Ok(WireJob {
             gateway: field_string(entry, "gw")?,
             job: field_parse(entry, "job")?,
             ttl_ms: field_parse(entry, "ttl_ms")?,
             opts: field_json(entry, "opts")?,
             tracking: field_json(entry, "state")?,
-            jpeg: Bytes::from(field_bytes(entry, "jpeg")?),
+            frame,
         })
     }
 
@@ -314,7 +361,7 @@ mod tests {
                 timestamp_us: 123_456,
             },
             tracking: TrackingState::default(),
-            jpeg: Bytes::from_static(&[0xFF, 0xD8, 0x00, 0xFF, 0xD9]),
+            frame: FrameData::Jpeg(Bytes::from_static(&[0xFF, 0xD8, 0x00, 0xFF, 0xD9])),
         };
         let fields = job.to_fields();
         let jpeg = fields.iter().find(|(k, _)| *k == "jpeg").unwrap();
@@ -327,7 +374,50 @@ mod tests {
         assert!(matches!(back.opts.mode, Mode::Tracking));
         assert!(back.opts.parts.pose && !back.opts.parts.face && back.opts.parts.hands);
         assert_eq!(back.opts.timestamp_us, 123_456);
-        assert_eq!(back.jpeg, job.jpeg);
+        assert!(
+            matches!((&back.frame, &job.frame), (FrameData::Jpeg(a), FrameData::Jpeg(b)) if a == b)
+        );
+        assert_eq!(fields_version(&job), WIRE_VERSION.to_string());
+    }
+
+    fn fields_version(job: &WireJob) -> String {
+        String::from_utf8(job.to_fields()[0].1.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_picture_travels_as_version_3_and_is_checked() {
+        let image = image::RgbImage::from_pixel(6, 4, image::Rgb([10, 200, 30]));
+        let picture = I420Picture::from_rgb(&image);
+        let job = WireJob {
+            gateway: "gw1".into(),
+            job: 5,
+            ttl_ms: 300,
+            opts: ProcessOptions {
+                people: 1,
+                mode: Mode::Tracking,
+                parts: Parts::default(),
+                timestamp_us: 1,
+            },
+            tracking: TrackingState::default(),
+            frame: FrameData::I420(picture.clone()),
+        };
+        assert_eq!(fields_version(&job), PICTURE_WIRE_VERSION.to_string());
+        let back = WireJob::from_entry(&entry(job.to_fields())).unwrap();
+        assert!(matches!(&back.frame, FrameData::I420(p) if *p == picture));
+        // A size that disagrees with the planes, or garbage, is refused.
+        let mut fields = job.to_fields();
+        let size = fields.iter_mut().find(|(k, _)| *k == "size").unwrap();
+        size.1 = b"8x4".to_vec();
+        assert!(matches!(
+            WireJob::from_entry(&entry(fields.clone())),
+            Err(WireError::Malformed("i420", _))
+        ));
+        let size = fields.iter_mut().find(|(k, _)| *k == "size").unwrap();
+        size.1 = b"huge".to_vec();
+        assert!(matches!(
+            WireJob::from_entry(&entry(fields)),
+            Err(WireError::Malformed("size", _))
+        ));
     }
 
     #[test]
@@ -343,10 +433,10 @@ mod tests {
                 timestamp_us: 0,
             },
             tracking: TrackingState::default(),
-            jpeg: Bytes::new(),
+            frame: FrameData::Jpeg(Bytes::new()),
         }
         .to_fields();
-        let other = (WIRE_VERSION + 1).to_string();
+        let other = (PICTURE_WIRE_VERSION + 1).to_string();
         fields[0].1 = other.clone().into_bytes();
         let e = entry(fields);
         assert_eq!(

@@ -1,6 +1,8 @@
-//! `holistream loadgen`: real WebSocket clients against a running server.
+//! `holistream loadgen`: real clients against a running server, over the
+//! WebSocket (JPEG frames, the default) or WebRTC (`--transport rtc`: the
+//! images as an H.264 or VP8 video track, [`rtc`]).
 //!
-//! Each client logs in (`POST /auth/code`), opens `/ws` with its cookie and a
+//! Each WebSocket client logs in (`POST /auth/code`), opens `/ws` with its cookie and a
 //! matching `Origin`, and sends real JPEG frames with the binary header at the
 //! given rate, never more than `--max-outstanding` unanswered frames at once
 //! (like the web demo, which waits for answers instead of piling frames up).
@@ -22,6 +24,34 @@ use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::protocol::{FrameHeader, FrameTimings, SessionStats};
+use crate::actors::rtc::VideoCodec;
+
+mod rtc;
+
+/// How frames reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// JPEG frames in WebSocket messages.
+    Ws,
+    /// A WebRTC video track (WHIP), results on a data channel.
+    Rtc,
+}
+
+/// The codec of `--transport rtc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CodecArg {
+    H264,
+    Vp8,
+}
+
+impl From<CodecArg> for VideoCodec {
+    fn from(c: CodecArg) -> VideoCodec {
+        match c {
+            CodecArg::H264 => VideoCodec::H264,
+            CodecArg::Vp8 => VideoCodec::Vp8,
+        }
+    }
+}
 
 /// Arguments of `holistream loadgen`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +89,18 @@ pub struct LoadgenArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// `ws`: JPEG frames over the WebSocket; `rtc`: a video track over
+    /// WebRTC (WHIP with the entry code as bearer token), every frame sent
+    /// at the rate (a camera does not wait for answers).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub transport: Transport,
+    /// The video codec of `--transport rtc`.
+    #[arg(long, value_enum, default_value_t = CodecArg::H264)]
+    pub codec: CodecArg,
+    /// The encoder's target bitrate for `--transport rtc`, kbit/s (browsers
+    /// send 640x480 at 0.5–1.5 Mbit/s).
+    #[arg(long, default_value_t = 1000)]
+    pub bitrate_kbps: u32,
 }
 
 /// Percentiles of a latency sample, ms.
@@ -93,6 +135,8 @@ impl Percentiles {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientReport {
     pub sent: u64,
+    /// Bytes of frames sent (JPEGs with their headers, or the encoded video).
+    pub sent_bytes: u64,
     pub results: u64,
     /// Ticks skipped because `max_outstanding` frames were unanswered.
     pub skipped: u64,
@@ -162,6 +206,10 @@ impl PeopleCounts {
 /// The whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadReport {
+    pub transport: String,
+    /// Upstream bitrate per client, Mbit/s: frame bytes sent over the
+    /// sending time.
+    pub upstream_mbps: f64,
     pub clients: usize,
     pub fps: f64,
     pub duration_s: f64,
@@ -214,7 +262,8 @@ impl LoadReport {
             }
         };
         format!(
-            "clients {} at {} fps for {} s, frames of {} bytes\n\
+            "transport {}: upstream {:.2} Mbit/s per client\n\
+             clients {} at {} fps for {} s, frames of {} bytes\n\
              sent {}  results {}  skipped (outstanding) {}\n\
              result fps per client: mean {:.1} [{}]\n\
              end-to-end latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}\n\
@@ -222,6 +271,8 @@ impl LoadReport {
              server overhead (queue+decode+serialize) {:.1} ms vs infer {:.1} ms; waiting in the session slot {:.1} ms\n\
              drops: stale {}  fps {}  overload {}  expired {}\n\
              errors: {}{}",
+            self.transport,
+            self.upstream_mbps,
             self.clients,
             self.fps,
             self.duration_s,
@@ -315,8 +366,11 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     if args.clients == 0 || !(args.fps > 0.0) || !(args.duration > 0.0) || args.people == 0 {
         bail!("--clients, --fps, --duration and --people must be positive");
     }
-    let frames = prepare_frames(&args.images, &args.size)?;
     let base = args.url.trim_end_matches('/').to_string();
+    if args.transport == Transport::Rtc {
+        return rtc::run(args, &base).await;
+    }
+    let frames = prepare_frames(&args.images, &args.size)?;
     let epoch = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
@@ -335,6 +389,8 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
 }
 
 fn summarise(args: &LoadgenArgs, frame_bytes: usize, clients: Vec<ClientReport>) -> LoadReport {
+    let sent_bytes: u64 = clients.iter().map(|c| c.sent_bytes).sum();
+    let upstream_mbps = sent_bytes as f64 * 8.0 / 1e6 / args.duration / clients.len().max(1) as f64;
     let mut latencies: Vec<f64> = clients
         .iter()
         .flat_map(|c| c.latencies_ms.iter().copied())
@@ -370,6 +426,11 @@ fn summarise(args: &LoadgenArgs, frame_bytes: usize, clients: Vec<ClientReport>)
     }
     let per_client: Vec<f64> = clients.iter().map(|c| c.result_fps).collect();
     LoadReport {
+        transport: match args.transport {
+            Transport::Ws => "websocket".into(),
+            Transport::Rtc => format!("webrtc ({:?})", args.codec).to_lowercase(),
+        },
+        upstream_mbps,
         clients: args.clients,
         fps: args.fps,
         duration_s: args.duration,
@@ -395,12 +456,63 @@ struct Incoming {
     kind: String,
     seq: Option<u32>,
     capture_ts: Option<f64>,
+    /// The frame's RTP timestamp (WebRTC results).
+    rtp_ts: Option<u32>,
     timings: Option<FrameTimings>,
     code: Option<String>,
     /// Counted, not read: each person's landmarks are skipped.
     people: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(flatten)]
     stats: Option<SessionStats>,
+}
+
+/// What a server message meant for the client.
+struct Seen {
+    /// The frame it answered (a result or a frame's error).
+    answered: Option<u32>,
+    /// A `stats` message that counts every frame sent: the last one needed.
+    final_stats: bool,
+}
+
+/// Counts `msg` in `report`; `latency_ms` of a result, when known;
+/// `sending_done` once the client sent its last frame.
+fn record(
+    report: &mut ClientReport,
+    msg: Incoming,
+    latency_ms: Option<f64>,
+    sending_done: bool,
+) -> Seen {
+    let mut seen = Seen {
+        answered: None,
+        final_stats: false,
+    };
+    match msg.kind.as_str() {
+        "result" => {
+            report.results += 1;
+            report.latencies_ms.extend(latency_ms);
+            report.timings.extend(msg.timings);
+            if let Some(people) = &msg.people {
+                *report.people_per_result.entry(people.len()).or_insert(0) += 1;
+            }
+            seen.answered = msg.seq;
+        }
+        "error" => {
+            let code = msg.code.unwrap_or_else(|| "unknown".into());
+            *report.errors.entry(code).or_insert(0) += 1;
+            seen.answered = msg.seq;
+        }
+        "stats" => {
+            if let Some(s) = msg.stats {
+                // Final only once the server has counted every frame sent:
+                // a stats message written before the last frames arrived
+                // would under-report the drops.
+                seen.final_stats = sending_done && s.received >= report.sent;
+                report.server_stats = s;
+            }
+        }
+        _ => {}
+    }
+    seen
 }
 
 /// Logs in; returns the `Cookie` header value.
@@ -488,11 +600,13 @@ async fn run_client(
                 let jpeg = &frames[(seq as usize + index) % frames.len()];
                 let capture_ts = epoch.elapsed().as_secs_f64() * 1e3;
                 let msg = FrameHeader { seq, capture_ts }.encode(jpeg);
+                let msg_len = msg.len();
                 conn.send(ws::Message::Binary(msg.into()))
                     .await
                     .map_err(|e| anyhow::anyhow!("sending a frame: {e}"))?;
                 outstanding.push_back((seq, Instant::now()));
                 report.sent += 1;
+                report.sent_bytes += msg_len as u64;
                 seq = seq.wrapping_add(1);
             }
             frame = conn.next() => {
@@ -501,41 +615,10 @@ async fn run_client(
                     ws::Frame::Text(text) => {
                         let msg: Incoming = serde_json::from_slice(&text)
                             .with_context(|| "server message is not the expected JSON")?;
-                        let answered = match msg.kind.as_str() {
-                            "result" => {
-                                report.results += 1;
-                                if let Some(ts) = msg.capture_ts {
-                                    report.latencies_ms.push(epoch.elapsed().as_secs_f64() * 1e3 - ts);
-                                }
-                                if let Some(t) = msg.timings {
-                                    report.timings.push(t);
-                                }
-                                if let Some(people) = &msg.people {
-                                    *report.people_per_result.entry(people.len()).or_insert(0) += 1;
-                                }
-                                msg.seq
-                            }
-                            "error" => {
-                                let code = msg.code.unwrap_or_else(|| "unknown".into());
-                                *report.errors.entry(code).or_insert(0) += 1;
-                                msg.seq
-                            }
-                            "stats" => {
-                                if let Some(s) = msg.stats {
-                                    // Final only once the server has counted
-                                    // every frame sent: a stats message
-                                    // written before the last frames arrived
-                                    // would under-report the drops.
-                                    if Instant::now() >= send_until && s.received >= report.sent {
-                                        stats_after_stop = true;
-                                    }
-                                    report.server_stats = s;
-                                }
-                                None
-                            }
-                            _ => None,
-                        };
-                        if let Some(answered) = answered {
+                        let latency = msg.capture_ts.map(|ts| epoch.elapsed().as_secs_f64() * 1e3 - ts);
+                        let seen = record(&mut report, msg, latency, Instant::now() >= send_until);
+                        stats_after_stop |= seen.final_stats;
+                        if let Some(answered) = seen.answered {
                             while outstanding.front().is_some_and(|(s, _)| *s <= answered) {
                                 outstanding.pop_front();
                             }
