@@ -13,8 +13,9 @@
 //! One test, its phases in order (each loads the machine's cores; none may
 //! run beside another):
 //! 1. plain HTTP on a non-default port: Chromium logs in and streams through
-//!    nginx and gets results (the WebSocket's Origin check passes through the
-//!    proxy); the gateway holding the page's WebSocket is SIGKILLed and the
+//!    nginx and gets results (the page's transport, WebRTC by default: its
+//!    WHIP offer goes through nginx, its media straight to the gateway's UDP
+//!    port); the gateway holding the page's session is SIGKILLed and the
 //!    page reconnects through nginx to the other one, with the same cookie,
 //!    and results resume;
 //! 2. the login limiter per client address behind nginx: wrong codes from
@@ -23,7 +24,9 @@
 //!    `X-Real-IP`;
 //! 3. `/admin/` and `/metrics` refused by nginx itself (a gateway's own
 //!    listener still serves `/metrics`);
-//! 4. TLS with a self-signed certificate the test makes: TLS 1.2 and 1.3
+//! 4. WHIP through nginx: offers balanced over both gateways, each session's
+//!    `DELETE` routed to the gateway named in its `Location`;
+//! 5. TLS with a self-signed certificate the test makes: TLS 1.2 and 1.3
 //!    only; Chromium logs in and streams over `https://`, the cookie is
 //!    `Secure`, HSTS is sent, plain HTTP is redirected to the HTTPS port.
 //!
@@ -402,13 +405,14 @@ async fn phases(client: &Client, d: &mut Deployment, started: Instant) {
     );
     refuses_operator_routes(d).await;
     eprintln!("[{:?}] 3. /admin/ and /metrics refused", started.elapsed());
-    streams_over_tls(client, d).await;
-    eprintln!("[{:?}] 4. TLS", started.elapsed());
+    // Plain HTTP still (phase 5 turns the redirect to HTTPS on).
     routes_whip_deletes_to_their_gateway(d).await;
     eprintln!(
-        "[{:?}] 5. WHIP through nginx, each DELETE to its gateway",
+        "[{:?}] 4. WHIP through nginx, each DELETE to its gateway",
         started.elapsed()
     );
+    streams_over_tls(client, d).await;
+    eprintln!("[{:?}] 5. TLS", started.elapsed());
 }
 
 /// WHIP signalling through nginx: offers go round robin, and each
@@ -421,6 +425,11 @@ async fn routes_whip_deletes_to_their_gateway(d: &mut Deployment) {
     let nginx = d.nginx.as_ref().unwrap().http;
     let from = Ipv4Addr::new(127, 0, 0, 31);
     let auth = format!("Bearer {PASSWORD}");
+    // The page's own WebRTC session (phase 1) stays open throughout.
+    let mut before = Vec::new();
+    for g in &d.gateways {
+        before.push(gateway_metric(g, "holistream_rtc_sessions_active").await);
+    }
     let mut locations = Vec::new();
     for _ in 0..6 {
         let opts = ClientOptions {
@@ -457,10 +466,11 @@ async fn routes_whip_deletes_to_their_gateway(d: &mut Deployment) {
             "DELETE {location} through nginx: {resp:?}"
         );
     }
-    for g in &d.gateways {
+    for (g, before) in d.gateways.iter().zip(before) {
         assert_eq!(
             gateway_metric(g, "holistream_rtc_sessions_active").await,
-            0.0
+            before,
+            "a WHIP session left open on a gateway"
         );
     }
 }

@@ -646,3 +646,52 @@ async fn garbage_a_vanished_client_and_a_channelless_encoder_are_each_accounted_
         "{text}"
     );
 }
+
+/// The codec the offer lists first is the answer's first: what the
+/// sender then sends (Chromium lists VP8 first, Safari H.264).
+#[actix_web::test]
+async fn the_answer_prefers_the_codec_offered_first() {
+    let server = TestServer::start(test_config(PASSWORD)).await;
+    for (vp8_first, want) in [(true, "VP8"), (false, "H264")] {
+        let mut config = str0m::Rtc::builder().clear_codecs();
+        config = if vp8_first {
+            config.enable_vp8(true).enable_h264(true)
+        } else {
+            config.enable_h264(true).enable_vp8(true)
+        };
+        let mut rtc = config.build(Instant::now());
+        let mut api = rtc.sdp_api();
+        api.add_media(
+            str0m::media::MediaKind::Video,
+            str0m::media::Direction::SendOnly,
+            None,
+            None,
+            None,
+        );
+        let (offer, _pending) = api.apply().unwrap();
+        let w = whip_post(
+            &server,
+            Some(&bearer()),
+            "application/sdp",
+            offer.to_sdp_string(),
+        )
+        .await;
+        assert_eq!(w.status, StatusCode::CREATED, "{}", w.body);
+        assert_eq!(
+            first_video_codec(&w.body).as_deref(),
+            Some(want),
+            "answer:\n{}",
+            w.body
+        );
+    }
+}
+
+/// The encoding name of the first payload type of the SDP's video line.
+fn first_video_codec(sdp: &str) -> Option<String> {
+    let line = sdp.lines().find(|l| l.starts_with("m=video "))?;
+    let pt = line.split_whitespace().nth(3)?;
+    let map = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("a=rtpmap:{pt} ")))?;
+    Some(map.split('/').next()?.to_string())
+}

@@ -22,8 +22,8 @@ use image::RgbImage;
 use serde_json::json;
 use support::browser::{
     CLIP_PHOTOS, CLIP_SIZE, ChromeDriver, FRAMES_PER_PHOTO, PAGE_STATE, PAGE_TIMEOUT,
-    artifacts_dir, build_clip, landmark_counts_ok, letterbox, login_through_page, poll_js, results,
-    results_after_reconnect, submit_code, wait_for_path,
+    artifacts_dir, build_clip, choose_transport, landmark_counts_ok, letterbox, login_through_page,
+    poll_js, results, results_after_reconnect, submit_code, wait_for_path,
 };
 use support::http::{http_client, json_body};
 use support::port::FreePort;
@@ -208,8 +208,11 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     // 1. The stream page without a session sends the visitor to the login page.
     client.goto(&server.url("/stream.html")).await.unwrap();
     wait_for_path(client, "/").await;
+    // The new document may still be loading when its URL shows.
     client
-        .find(Locator::Id("login-form"))
+        .wait()
+        .at_most(PAGE_TIMEOUT)
+        .for_element(Locator::Id("login-form"))
         .await
         .expect("the login form");
 
@@ -260,7 +263,10 @@ async fn steps(client: &Client, server: &mut TestServer, addr: SocketAddr, redis
     assert_eq!(client.current_url().await.unwrap().path(), "/");
 
     // 3. The right password leads to the stream page, which starts streaming.
+    // Over the WebSocket, this test's transport (WebRTC, the page's default:
+    // tests/web_rtc.rs).
     login_through_page(client, &server.url(""), PASSWORD).await;
+    choose_transport(client, "websocket").await;
 
     // 4. Results arrive with MediaPipe's landmark counts.
     let state = poll_js(

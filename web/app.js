@@ -1,27 +1,24 @@
 // The web demo: the login page and the stream page (see data-page on <body>).
 //
-// Stream page, in order: check the session, open the camera, connect the
-// WebSocket, then a pump sends frames at the chosen rate while at most
-// MAX_IN_FLIGHT frames are unanswered, so a slow server never builds a queue
-// in the browser. Every sent frame is kept (as an ImageBitmap) in a short ring
-// keyed by seq; a result is drawn over the frame whose seq it carries.
+// Stream page, in order: check the session, open the camera, connect a
+// transport: WebRTC (rtc.js: the camera as a video track, results on a data
+// channel) where the browser has it, else the WebSocket (ws.js: one JPEG per
+// frame); the control in the panel switches, and WebRTC falls back to the
+// WebSocket by itself when the server has it off or it cannot connect. Both
+// deliver the same JSON messages, handled here once; each keeps the pictures
+// it sent, so a result is drawn over the picture it was computed on.
 //
 // The page's state is exposed as `window.holistream` for the end-to-end test
 // and for anyone curious in the devtools console.
 
-import { encodeFrame, configMessage, parseServerMessage, ProtocolError } from './protocol.js';
+import { configMessage, parseServerMessage, ProtocolError } from './protocol.js';
 import { drawFrame, drawResult, clearResult } from './overlay.js';
 import { RateMeter, SampleWindow, drawSparkline } from './hud.js';
+import { WsTransport } from './ws.js';
+import { RtcTransport, rtcSupported } from './rtc.js';
 
-/** Frames sent and not yet answered (result or error) before the pump waits. */
-const MAX_IN_FLIGHT = 1;
-/**
- * A frame unanswered this long is given up (and counted as "unanswered"), so a
- * frame the server dropped without a word cannot stall the stream for good.
- */
-const ANSWER_TIMEOUT_MS = 5000;
-/** Sent frames kept to draw results on; more than MAX_IN_FLIGHT covers late answers. */
-const FRAME_RING_SIZE = 8;
+/** Where the transport control's choice is kept between visits. */
+const TRANSPORT_KEY = 'holistream.transport';
 /** Reconnect backoff: first delay, growth factor, ceiling. */
 const BACKOFF_START_MS = 500;
 const BACKOFF_FACTOR = 2;
@@ -128,6 +125,14 @@ async function initLogin() {
 function newState() {
   return {
     connection: 'idle',
+    /** The transport in use: 'webrtc' or 'websocket'. */
+    transport: null,
+    /** Why WebRTC was given up for the WebSocket on this page, or null. */
+    fallback: null,
+    /** Whether the latencies rest on an estimated clock (WebRTC without the encoder's timestamps). */
+    latencyEstimated: false,
+    /** What the transport says of itself (WebRTC: codec, how results find their pictures). */
+    transportInfo: null,
     camera: 'starting',
     paused: false,
     stats: {
@@ -138,6 +143,9 @@ function newState() {
       droppedSilently: 0,
       lostOnDisconnect: 0,
       missingFrame: 0,
+      drawn: 0,
+      /** WebRTC results drawn over a neighbouring picture (theirs not kept, or the RTP clock not yet lined up). */
+      nearestPicture: 0,
       reconnects: 0,
       pageErrors: 0,
       sentFps: 0,
@@ -145,6 +153,8 @@ function newState() {
       latencyP50: null,
       latencyP95: null,
       inFlight: 0,
+      /** Upstream bits per second (WebRTC: RTP payload bytes; WebSocket: frame messages), or null. */
+      upstreamBps: null,
     },
     /** The server's `hello` on the current connection. */
     session: null,
@@ -175,6 +185,7 @@ async function initStream() {
     quality: $('quality'),
     mirror: $('mirror'),
     pause: $('pause'),
+    transport: $('transport'),
     parts: { pose: $('part-pose'), face: $('part-face'), hands: $('part-hands') },
     people: $('people'),
     peopleMax: $('people-max'),
@@ -226,7 +237,7 @@ async function initStream() {
       return;
     }
   } catch (e) {
-    reportError('auth', `${e.message}; streaming anyway, the WebSocket will tell`);
+    reportError('auth', `${e.message}; streaming anyway, the connection will tell`);
   }
 
   const settings = {
@@ -250,31 +261,39 @@ async function initStream() {
     total_ms: new SampleWindow(LATENCY_WINDOW_MS),
   };
 
-  // ---- frames: the ring of sent frames and those awaiting an answer
-  /** @type {Map<number, {bitmap: ImageBitmap, sentAt: number}>} in insertion (= seq) order */
-  const ring = new Map();
-  /** @type {Map<number, number>} seq → performance.now() when sent */
-  const inFlight = new Map();
-  let nextSeq = 0;
-  /** Frames sent on the current connection, to match against the server's `received`. */
-  let sentOnConnection = 0;
-  let capturing = false;
-  let nextDue = 0;
-  let pumpTimer = null;
+  // ---- the transport: WebRTC or WebSocket, one at a time
 
-  const remember = (seq, bitmap) => {
-    ring.set(seq, { bitmap, sentAt: performance.now() });
-    while (ring.size > FRAME_RING_SIZE) {
-      const [oldest, entry] = ring.entries().next().value;
-      entry.bitmap.close();
-      ring.delete(oldest);
-    }
+  /** The camera's track once it plays, or null if it failed; the WebRTC transport waits on it. */
+  let cameraSettled;
+  const cameraTrack = new Promise((resolve) => { cameraSettled = resolve; });
+  const source = {
+    video: ui.video,
+    settings,
+    track: () => cameraTrack,
+    paused: () => state.paused,
+    ready: () => state.camera === 'live' && ui.video.readyState >= 2 && ui.video.videoWidth > 0,
   };
 
-  // ---- connection
-  let ws = null;
+  /** The transport asked for: the control's (kept in localStorage), else WebRTC where it exists. */
+  const stored = localStorage.getItem(TRANSPORT_KEY);
+  let chosen = stored === 'websocket' || (stored === 'webrtc' && rtcSupported()) ? stored
+    : rtcSupported() ? 'webrtc' : 'websocket';
+  /** Why the page is on the WebSocket though WebRTC was chosen, or null. */
+  let fallbackReason = null;
+  /** Whether a WebRTC connection ever opened on this page: then a failed one is an outage, not a blocked path. */
+  let rtcEverOpened = false;
+  ui.transport.value = chosen;
+  if (!rtcSupported()) {
+    ui.transport.querySelector('option[value="webrtc"]').disabled = true;
+  }
+
+  /** @type {WsTransport|RtcTransport|null} */
+  let transport = null;
   let failures = 0;
   let everOpened = false;
+  let reconnectTimer = null;
+
+  const activeName = () => (chosen === 'webrtc' && fallbackReason === null ? 'webrtc' : 'websocket');
 
   const setConnection = (name, text) => {
     state.connection = name;
@@ -282,14 +301,104 @@ async function initStream() {
     ui.connState.textContent = text;
   };
 
-  const sendConfig = () => {
-    if (ws?.readyState === WebSocket.OPEN) ws.send(configMessage(settings.fps, settings.parts, settings.people));
-  };
+  const sendConfig = () => transport?.sendControl(configMessage(settings.fps, settings.parts, settings.people));
+
+  /**
+   * What the page lends a transport: the camera and settings, the counters it
+   * keeps, and callbacks that are ignored once the transport is replaced.
+   * @typedef {ReturnType<typeof linkFor>} Link
+   */
+  function linkFor(getSelf) {
+    const live = () => transport !== null && transport === getSelf();
+    return {
+      source,
+      stats: state.stats,
+      opened: () => live() && onOpened(),
+      message: (text) => live() && onMessage(text),
+      closed: (info) => live() && onClosed(info),
+      sent: (now) => {
+        if (!live()) return;
+        state.stats.sent += 1;
+        sentRate.mark(now);
+      },
+      error: (sourceName, text) => live() && reportError(sourceName, text),
+    };
+  }
+
+  function connect() {
+    reconnectTimer = null;
+    const name = activeName();
+    let self = null;
+    const link = linkFor(() => self);
+    self = name === 'webrtc' ? new RtcTransport(link) : new WsTransport(link);
+    transport = self;
+    state.transport = name;
+    state.latencyEstimated = false;
+    // Each transport numbers its results afresh (the WebSocket its frames,
+    // WebRTC the server its pictures): an older seq means nothing now.
+    state.drawnSeq = null;
+    setConnection('connecting', everOpened ? 'reconnecting…' : 'connecting…');
+    ui.quality.disabled = name !== 'websocket';
+    self.connect();
+  }
+
+  function onOpened() {
+    if (everOpened) state.stats.reconnects += 1;
+    everOpened = true;
+    failures = 0;
+    if (transport.name === 'webrtc') rtcEverOpened = true;
+    // The pill says connected; the HUD says over what.
+    setConnection('open', 'connected');
+    sendConfig();
+  }
+
+  function onClosed(info) {
+    const was = transport;
+    transport = null;
+    reportError('connection', info.text);
+    // WebRTC off on this server, refused for this browser's offer, or never
+    // connecting (UDP blocked on the way): the WebSocket gets through anywhere
+    // HTTP does. Once WebRTC has worked on this page, a failure is an outage:
+    // retry it as the WebSocket would be retried.
+    const blocked = info.kind === 'off' || info.kind === 'refused' || info.kind === 'no-camera'
+      || (info.kind === 'timeout' && !rtcEverOpened);
+    if (was.name === 'webrtc' && blocked) {
+      fallbackReason = info.text;
+      reportError('connection', 'using the WebSocket instead of WebRTC');
+      connect();
+      return;
+    }
+    if (info.kind === 'auth') {
+      location.replace(`${LOGIN_PAGE}?reason=expired`);
+      return;
+    }
+    if (everOpened) {
+      // Say so over the picture too: the last frame stays, but it is not live.
+      ui.stageMessage.textContent = 'Connection lost · reconnecting…';
+      ui.stageMessage.classList.add('over-frame');
+      ui.stageMessage.hidden = false;
+    }
+    scheduleReconnect();
+  }
+
+  function onMessage(text) {
+    let msg;
+    try {
+      msg = parseServerMessage(text);
+    } catch (e) {
+      reportError('protocol', e instanceof ProtocolError ? e.message : String(e));
+      return;
+    }
+    if (msg.type === 'result') onResult(msg);
+    else if (msg.type === 'error') onServerError(msg);
+    else if (msg.type === 'hello') onHello(msg);
+    else onServerStats(msg);
+  }
 
   const scheduleReconnect = async () => {
     failures += 1;
     if (failures >= FAILURES_BEFORE_AUTH_CHECK) {
-      // A WebSocket refused for a missing session looks like any failed
+      // A connection refused for a missing session looks like any failed
       // connect from here; ask the auth endpoint which one it is.
       try {
         if (!(await hasSession())) {
@@ -299,78 +408,53 @@ async function initStream() {
       } catch {
         // Server unreachable (e.g. restarting): keep backing off.
       }
+      // The visitor switched transports meanwhile: that one is connecting.
+      if (transport !== null) return;
     }
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * BACKOFF_FACTOR ** (failures - 1));
     const delay = Math.round(base * (0.8 + 0.4 * Math.random()));
     setConnection('reconnecting', `disconnected · retry in ${(delay / 1000).toFixed(1)} s (attempt ${failures})`);
-    setTimeout(connect, delay);
+    reconnectTimer = setTimeout(connect, delay);
   };
 
-  function connect() {
-    setConnection('connecting', everOpened ? 'reconnecting…' : 'connecting…');
-    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
-    socket.binaryType = 'arraybuffer';
-    ws = socket;
-
-    socket.addEventListener('open', () => {
-      if (everOpened) state.stats.reconnects += 1;
-      everOpened = true;
-      failures = 0;
-      sentOnConnection = 0;
-      setConnection('open', 'connected');
-      sendConfig();
-      pump();
-    });
-    socket.addEventListener('message', (event) => {
-      if (typeof event.data !== 'string') {
-        reportError('protocol', 'server sent a binary message; expected JSON text');
-        return;
-      }
-      let msg;
-      try {
-        msg = parseServerMessage(event.data);
-      } catch (e) {
-        reportError('protocol', e instanceof ProtocolError ? e.message : String(e));
-        return;
-      }
-      if (msg.type === 'result') onResult(msg);
-      else if (msg.type === 'error') onServerError(msg);
-      else if (msg.type === 'hello') onHello(msg);
-      else onServerStats(msg);
-    });
-    socket.addEventListener('close', (event) => {
-      if (ws !== socket) return;
-      ws = null;
-      // Frames in flight on a closed socket will never be answered.
-      state.stats.lostOnDisconnect += inFlight.size;
-      inFlight.clear();
-      const why = event.reason ? `: ${event.reason}` : '';
-      reportError('connection', `WebSocket closed (code ${event.code}${why})`);
-      // Say so over the picture too: the last frame stays, but it is not live.
-      ui.stageMessage.textContent = 'Connection lost · reconnecting…';
-      ui.stageMessage.classList.add('over-frame');
-      ui.stageMessage.hidden = false;
-      scheduleReconnect();
-    });
-    // An 'error' event is always followed by 'close', which reports and reconnects.
+  /** Ends the current transport (if any) and starts the chosen one now. */
+  function switchTransport() {
+    transport?.close();
+    transport = null;
+    if (reconnectTimer !== null) clearTimeout(reconnectTimer);
+    failures = 0;
+    fallbackReason = null;
+    // A switch asked for is no reconnect: the count stays that of outages.
+    everOpened = false;
+    connect();
   }
+
+  // The server frees a WebRTC session at once on DELETE, not at its ICE timeout.
+  window.addEventListener('pagehide', () => {
+    transport?.close();
+    transport = null;
+    if (reconnectTimer !== null) clearTimeout(reconnectTimer);
+  });
+  // Back from the back-forward cache: the page lives on, its connection does not.
+  window.addEventListener('pageshow', (event) => {
+    if (event.persisted && transport === null) connect();
+  });
 
   // ---- server messages
 
-  function answered(seq) {
-    if (!inFlight.delete(seq)) return false;
-    return true;
-  }
-
   function onResult(msg) {
     const now = performance.now();
-    answered(msg.seq);
     state.stats.results += 1;
     resultRate.mark(now);
-    const ms = performance.timeOrigin + now - msg.capture_ts;
-    latency.add(now, ms);
-    latencyTrace.add(now, ms);
+    // The transport knows which picture a result belongs to and when it was
+    // captured: the WebSocket from the seq it sent, WebRTC from the RTP timestamp.
+    const match = transport.match(msg);
+    state.latencyEstimated = match.estimated;
+    const ms = match.capturedAt === null ? null : performance.timeOrigin + now - match.capturedAt;
+    if (ms !== null) {
+      latency.add(now, ms);
+      latencyTrace.add(now, ms);
+    }
     const t = msg.timings ?? {};
     for (const [name, window] of Object.entries(serverTimings)) {
       if (typeof t[name] === 'number') window.add(now, t[name]);
@@ -380,6 +464,7 @@ async function initStream() {
     const ids = Array.isArray(msg.people) ? msg.people.map((p) => p.id) : null;
     state.lastResult = {
       seq: msg.seq,
+      rtpTs: msg.rtp_ts ?? null,
       latencyMs: ms,
       people: ids ? ids.length : Number(msg.pose.length > 0),
       peopleIds: ids,
@@ -392,35 +477,31 @@ async function initStream() {
       timings: t,
     };
     // A late answer to an older frame must not replace a newer picture.
-    if (state.drawnSeq !== null && msg.seq < state.drawnSeq) {
-      pump();
-      return;
-    }
-    const frame = ring.get(msg.seq);
-    if (frame) {
-      drawFrame(ui.frameCtx, frame.bitmap, settings.mirror);
+    if (state.drawnSeq !== null && msg.seq < state.drawnSeq) return;
+    const bitmap = match.picture;
+    if (bitmap) {
+      drawFrame(ui.frameCtx, bitmap, settings.mirror);
       const overlay = ui.overlayCtx.canvas;
-      if (overlay.width !== frame.bitmap.width || overlay.height !== frame.bitmap.height) {
-        overlay.width = frame.bitmap.width;
-        overlay.height = frame.bitmap.height;
+      if (overlay.width !== bitmap.width || overlay.height !== bitmap.height) {
+        overlay.width = bitmap.width;
+        overlay.height = bitmap.height;
       }
       drawResult(ui.overlayCtx, msg, settings.mirror);
       state.drawnSeq = msg.seq;
+      state.stats.drawn += 1;
       ui.stageMessage.hidden = true;
       ui.stageMessage.classList.remove('over-frame');
     } else {
       state.stats.missingFrame += 1;
       reportError('overlay', `result ${msg.seq} is for a frame no longer kept; not drawn`);
     }
-    pump();
   }
 
   function onServerError(msg) {
-    if (Number.isInteger(msg.seq)) answered(msg.seq);
+    if (Number.isInteger(msg.seq)) transport.answered(msg.seq);
     state.stats.serverErrors += 1;
     const seq = Number.isInteger(msg.seq) ? ` (frame ${msg.seq})` : '';
     reportError('server', `${msg.code}: ${msg.message}${seq}`);
-    pump();
   }
 
   function onHello(msg) {
@@ -451,96 +532,7 @@ async function initStream() {
 
   function onServerStats(msg) {
     state.serverStats = msg;
-    // The server drops frames over its fps cap, or replaced while waiting,
-    // without an answer (only counted here). Answers and stats travel in one
-    // ordered stream, so once the server has received every frame sent on
-    // this connection and accounted for each one, a frame still unanswered
-    // was dropped: free its slot now instead of waiting for the timeout.
-    const accounted = msg.processed + msg.dropped_stale + msg.dropped_fps + msg.dropped_overload
-      + (msg.dropped_expired ?? 0) + msg.errors;
-    if (inFlight.size && msg.received >= sentOnConnection && accounted >= msg.received) {
-      state.stats.droppedSilently += inFlight.size;
-      inFlight.clear();
-      pump();
-    }
-  }
-
-  // ---- the pump: capture and send when due and a slot is free
-
-  function giveUpOnSilentFrames(now) {
-    for (const [seq, sentAt] of inFlight) {
-      if (now - sentAt > ANSWER_TIMEOUT_MS) {
-        inFlight.delete(seq);
-        state.stats.unanswered += 1;
-        reportError('server', `no answer to frame ${seq} within ${ANSWER_TIMEOUT_MS / 1000} s`);
-      }
-    }
-  }
-
-  function pump() {
-    if (pumpTimer !== null) {
-      clearTimeout(pumpTimer);
-      pumpTimer = null;
-    }
-    const now = performance.now();
-    giveUpOnSilentFrames(now);
-    const video = ui.video;
-    const ready = !state.paused && ws?.readyState === WebSocket.OPEN
-      && state.camera === 'live' && video.readyState >= 2 && video.videoWidth > 0;
-    // Not ready, busy, or no free slot: a result, the socket opening or the
-    // HUD tick calls pump again.
-    if (!ready || capturing || inFlight.size >= MAX_IN_FLIGHT) return;
-    if (now < nextDue) {
-      pumpTimer = setTimeout(pump, nextDue - now);
-      return;
-    }
-    nextDue = Math.max(nextDue + 1000 / settings.fps, now);
-    captureAndSend(video).catch((e) => reportError('capture', e.message ?? String(e)));
-  }
-
-  async function captureAndSend(video) {
-    capturing = true;
-    try {
-      const captureTs = performance.timeOrigin + performance.now();
-      // The bitmap is both what gets encoded and what the result is drawn on.
-      const bitmap = await createImageBitmap(video);
-      const canvas = captureCanvas(bitmap.width, bitmap.height);
-      canvas.getContext('2d').drawImage(bitmap, 0, 0);
-      const blob = await encodeJpeg(canvas, settings.quality);
-      const jpeg = await blob.arrayBuffer();
-      const socket = ws;
-      if (socket?.readyState !== WebSocket.OPEN) {
-        bitmap.close();
-        return;
-      }
-      const seq = nextSeq;
-      nextSeq = (nextSeq + 1) >>> 0;
-      remember(seq, bitmap);
-      inFlight.set(seq, performance.now());
-      socket.send(encodeFrame(seq, captureTs, jpeg));
-      sentOnConnection += 1;
-      state.stats.sent += 1;
-      sentRate.mark(performance.now());
-    } finally {
-      capturing = false;
-    }
-    pump();
-  }
-
-  let scratch = null;
-  function captureCanvas(w, h) {
-    if (!scratch) scratch = document.createElement('canvas');
-    if (scratch.width !== w || scratch.height !== h) {
-      scratch.width = w;
-      scratch.height = h;
-    }
-    return scratch;
-  }
-
-  function encodeJpeg(canvas, quality) {
-    return new Promise((resolve, reject) => {
-      canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error('JPEG encoding failed'))), 'image/jpeg', quality);
-    });
+    transport.serverStats(msg);
   }
 
   // ---- controls
@@ -550,7 +542,7 @@ async function initStream() {
   ui.fps.addEventListener('input', () => {
     settings.fps = Number(ui.fps.value);
     fpsValue.textContent = ui.fps.value;
-    nextDue = performance.now();
+    transport?.settingsChanged();
   });
   ui.fps.addEventListener('change', sendConfig);
   // A number field can hold anything while typed: only a whole number in
@@ -583,7 +575,12 @@ async function initStream() {
   ui.pause.addEventListener('click', () => {
     state.paused = !state.paused;
     ui.pause.textContent = state.paused ? 'Resume' : 'Pause';
-    pump();
+    transport?.tick();
+  });
+  ui.transport.addEventListener('change', () => {
+    chosen = ui.transport.value;
+    localStorage.setItem(TRANSPORT_KEY, chosen);
+    switchTransport();
   });
 
   // ---- HUD
@@ -608,6 +605,9 @@ async function initStream() {
     workerErrors: $('hud-worker-errors'),
     unanswered: $('hud-unanswered'),
     reconnects: $('hud-reconnects'),
+    transport: $('hud-transport'),
+    upstream: $('hud-upstream'),
+    latencyNote: [$('hud-p50-note'), $('hud-p95-note')],
   };
   const fmt = (v, digits = 1) => (v === null || v === undefined ? '–' : v.toFixed(digits));
   const count = (v) => (typeof v === 'number' ? String(v) : '–');
@@ -619,7 +619,10 @@ async function initStream() {
     s.resultFps = resultRate.perSecond(now);
     s.latencyP50 = latency.quantile(now, 0.5);
     s.latencyP95 = latency.quantile(now, 0.95);
-    s.inFlight = inFlight.size;
+    s.inFlight = transport?.inFlightCount ?? 0;
+    s.upstreamBps = transport?.upstreamBps(now) ?? null;
+    state.fallback = fallbackReason;
+    state.transportInfo = transport?.info() ?? null;
     hud.sentFps.textContent = fmt(s.sentFps);
     hud.resultFps.textContent = fmt(s.resultFps);
     hud.p50.textContent = fmt(s.latencyP50, 0);
@@ -640,20 +643,29 @@ async function initStream() {
     hud.workerErrors.textContent = count(st.errors);
     hud.unanswered.textContent = String(s.unanswered + s.lostOnDisconnect);
     hud.reconnects.textContent = String(s.reconnects);
+    const codec = state.transportInfo?.codec;
+    const label = state.transport === 'webrtc' ? `WebRTC${codec ? ` (${codec})` : ''}` : 'WebSocket';
+    hud.transport.textContent = fallbackReason === null ? label : `${label} (fallback from WebRTC)`;
+    hud.transport.title = fallbackReason ?? '';
+    hud.upstream.textContent = s.upstreamBps === null ? '–' : (s.upstreamBps / 1000).toFixed(0);
+    for (const note of hud.latencyNote) note.hidden = !state.latencyEstimated;
     drawSparkline(ui.sparkline, latencyTrace, now);
-    // Also the pump's watchdog: frees slots of frames that will never be answered.
-    pump();
+    // Also the WebSocket pump's watchdog: frees slots of frames that will never be answered.
+    transport?.tick();
   }
   setInterval(refreshHud, 250);
 
   // ---- camera, then the connection
 
   connect();
-  await startCamera(ui, state, reportError);
-  pump();
+  cameraSettled(await startCamera(ui, state, reportError));
+  transport?.tick();
 }
 
-/** Opens the camera into the <video>, with a clear message for each way it can fail. */
+/**
+ * Opens the camera into the <video>, with a clear message for each way it
+ * can fail; returns its video track, or null when it failed.
+ */
 async function startCamera(ui, state, reportError) {
   const fail = (text) => {
     state.camera = 'failed';
@@ -664,7 +676,7 @@ async function startCamera(ui, state, reportError) {
   };
   if (!navigator.mediaDevices?.getUserMedia) {
     fail('This browser offers no camera access here. Cameras need HTTPS (or localhost) and a current browser.');
-    return;
+    return null;
   }
   let stream;
   try {
@@ -682,7 +694,7 @@ async function startCamera(ui, state, reportError) {
       AbortError: 'Opening the camera was aborted.',
     };
     fail(messages[e.name] ?? `Could not open the camera: ${e.name}: ${e.message}`);
-    return;
+    return null;
   }
   const video = ui.video;
   video.srcObject = stream;
@@ -690,7 +702,7 @@ async function startCamera(ui, state, reportError) {
     await video.play();
   } catch (e) {
     fail(`The camera opened but its video did not start: ${e.message}`);
-    return;
+    return null;
   }
   const track = stream.getVideoTracks()[0];
   track.addEventListener('ended', () => fail('The camera stopped (unplugged or turned off).'));
@@ -698,6 +710,7 @@ async function startCamera(ui, state, reportError) {
   const { width, height } = track.getSettings();
   state.cameraSize = { width: width ?? video.videoWidth, height: height ?? video.videoHeight };
   ui.stageMessage.textContent = 'Waiting for the first result…';
+  return track;
 }
 
 // ------------------------------------------------------------------- routing

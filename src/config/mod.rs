@@ -497,7 +497,12 @@ mod tests {
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[server]\nport = 9000\nhost = \"0.0.0.0\"\n").unwrap();
+        // Bound to every address, WebRTC needs the one it announces.
+        std::fs::write(
+            &path,
+            "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[rtc]\npublic_ip = \"203.0.113.9\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             port: Some(0),
@@ -507,6 +512,7 @@ mod tests {
         let c = args.load().unwrap();
         assert_eq!(c.server.port, 0);
         assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.rtc.public_ip, Some("203.0.113.9".parse().unwrap()));
         assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:7777/"));
     }
 }

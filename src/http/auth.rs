@@ -306,19 +306,8 @@ pub async fn login(
     let key = limiter_key(ip);
     let shared_key = key.to_string();
     let limiter = &state.auth.limiter;
-    let count = |outcome: &str| {
-        state
-            .metrics
-            .logins_total
-            .with_label_values(&[outcome])
-            .inc()
-    };
-    if let Err(retry_after) = limiter.check(key) {
-        count("rate_limited");
-        return Err(Error::RateLimited {
-            retry_after_s: retry_after_secs(retry_after),
-        });
-    }
+    let count = |outcome: &str| state.count_login(outcome);
+    state.check_limiter(key)?;
     // The budget shared by every server on this Redis. Unreachable: this
     // server's own limit above still holds, and the login itself needs
     // Redis, so it is answered 503 below.
@@ -438,6 +427,25 @@ pub enum Ingester {
 }
 
 impl AppState {
+    /// Counts an entry-code attempt (a login or a WHIP bearer token) in
+    /// `logins_total` by outcome.
+    fn count_login(&self, outcome: &str) {
+        self.metrics
+            .logins_total
+            .with_label_values(&[outcome])
+            .inc()
+    }
+
+    /// 429 (counted) while `key` is locked out by the wrong-code limiter.
+    fn check_limiter(&self, key: IpAddr) -> Result<(), Error> {
+        self.auth.limiter.check(key).map_err(|retry_after| {
+            self.count_login("rate_limited");
+            Error::RateLimited {
+                retry_after_s: retry_after_secs(retry_after),
+            }
+        })
+    }
+
     /// Admission of a WHIP request: without `Authorization`, as
     /// [`AppState::authorize_ws`] (cookie and `Origin`); with `Bearer
     /// <token>`, the entry code or one of `rtc.ingest_tokens`, through the
@@ -459,18 +467,8 @@ impl AppState {
         let ip = self.auth.client_ip(req);
         let key = limiter_key(ip);
         let limiter = &self.auth.limiter;
-        let count = |outcome: &str| {
-            self.metrics
-                .logins_total
-                .with_label_values(&[outcome])
-                .inc()
-        };
-        if let Err(retry_after) = limiter.check(key) {
-            count("rate_limited");
-            return Err(Error::RateLimited {
-                retry_after_s: retry_after_secs(retry_after),
-            });
-        }
+        let count = |outcome: &str| self.count_login(outcome);
+        self.check_limiter(key)?;
         // Every candidate compared, each in constant time: which one
         // matched must not show in the timing either.
         let matched = std::iter::once(self.auth.password.as_str())

@@ -14,9 +14,10 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::auth::Ingester;
+use super::ws::session_refused;
 use super::{AppState, Error};
 use crate::actors::rtc::{CloseReason, OpenError, RtcEngine, sdp};
-use crate::actors::{RtcSession, RtcSessionMsg, SessionsFull};
+use crate::actors::{RtcSession, RtcSessionMsg};
 use crate::session_id::SessionTag;
 
 fn engine(state: &AppState) -> Result<&RtcEngine, Error> {
@@ -57,25 +58,16 @@ pub async fn post(
     }
     let offer = std::str::from_utf8(&offer)
         .map_err(|_| Error::BadRequest("the SDP offer is not UTF-8".into()))?;
-    let offer = sdp::check_offer(offer).map_err(open_error)?;
+    let (offer, codecs) = sdp::check_offer(offer).map_err(open_error)?;
 
     let (session, login) = match ingester {
         Ingester::Login(id) => (id, true),
         Ingester::Token => (Uuid::new_v4(), false),
     };
-    let ticket = state.sessions.try_open(session).map_err(|refused| {
-        let tag = SessionTag::of(session);
-        match refused {
-            SessionsFull::Server { max } => {
-                tracing::warn!(session = %tag, max, "WHIP refused: at max sessions");
-                Error::AtCapacity
-            }
-            SessionsFull::PerSession { max } => {
-                tracing::info!(session = %tag, max, "WHIP refused: session holds its share");
-                Error::TooManySockets
-            }
-        }
-    })?;
+    let ticket = state
+        .sessions
+        .try_open(session)
+        .map_err(|refused| session_refused(session, refused, "WHIP"))?;
     let conn = ticket.conn();
     let peer = Uuid::new_v4();
     let mut actor = RtcSession::new(
@@ -94,7 +86,10 @@ pub async fn post(
     }
     let addr = actix::Actor::start(actor);
     state.sessions.attach(conn, addr.clone().recipient());
-    match engine.open(peer, offer, addr.clone().recipient()).await {
+    match engine
+        .open(peer, offer, codecs, addr.clone().recipient())
+        .await
+    {
         Ok(answer) => {
             tracing::info!(session = %SessionTag::of(session), "WebRTC session opened");
             Ok(HttpResponse::Created()

@@ -6,10 +6,28 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
+use uuid::Uuid;
 
 use super::{AppState, Error};
 use crate::actors::{SessionActor, SessionsFull};
 use crate::session_id::SessionTag;
+
+/// A refused session slot as the HTTP error: 503 at `server.max_sessions`,
+/// 429 past `server.max_sockets_per_session`; logged with what asked
+/// (`WebSocket`, `WHIP`).
+pub fn session_refused(session: Uuid, refused: SessionsFull, what: &str) -> Error {
+    let tag = SessionTag::of(session);
+    match refused {
+        SessionsFull::Server { max } => {
+            tracing::warn!(session = %tag, max, "{what} refused: at max sessions");
+            Error::AtCapacity
+        }
+        SessionsFull::PerSession { max } => {
+            tracing::info!(session = %tag, max, "{what} refused: session holds its share");
+            Error::TooManySockets
+        }
+    }
+}
 
 /// Upgrades an authorised request to a WebSocket served by a new session
 /// actor.
@@ -25,19 +43,10 @@ pub async fn ws_route(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let session = state.authorize_ws(&req).await?;
-    let ticket = state.sessions.try_open(session).map_err(|refused| {
-        let tag = SessionTag::of(session);
-        match refused {
-            SessionsFull::Server { max } => {
-                tracing::warn!(session = %tag, max, "WebSocket refused: at max sessions");
-                Error::AtCapacity
-            }
-            SessionsFull::PerSession { max } => {
-                tracing::info!(session = %tag, max, "WebSocket refused: session holds its share");
-                Error::TooManySockets
-            }
-        }
-    })?;
+    let ticket = state
+        .sessions
+        .try_open(session)
+        .map_err(|refused| session_refused(session, refused, "WebSocket"))?;
     let conn = ticket.conn();
     let cfg = Arc::new(state.config.session.clone());
     let max_message_bytes = cfg.max_message_bytes;

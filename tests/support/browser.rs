@@ -143,6 +143,15 @@ impl ChromeDriver {
                 "--use-file-for-fake-video-capture={}",
                 fake_camera.display()
             ),
+            // WebRTC (the page's default transport) to the server's
+            // 127.0.0.1 candidate. Chromium gathers no ICE candidates on
+            // loopback interfaces: on a machine with another interface it
+            // still gets there (the kernel routes a socket bound to eth0's
+            // address to 127.0.0.1 over `lo`), but in a container whose only
+            // interface is `lo` it gathers no candidate at all, ICE never
+            // starts, and the page falls back to the WebSocket after 6 s
+            // (seen under `unshare -rn`). This flag gathers on `lo` too.
+            "--allow-loopback-in-peer-connection".into(),
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut caps = serde_json::Map::new();
@@ -164,6 +173,19 @@ impl Drop for ChromeDriver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Picks the stream page's transport (`"webrtc"` or `"websocket"`) in its
+/// control, as a visitor would: the page closes the current connection and
+/// opens one over the other.
+pub async fn choose_transport(client: &Client, transport: &str) {
+    client
+        .find(Locator::Id("transport"))
+        .await
+        .expect("the transport control")
+        .select_by_value(transport)
+        .await
+        .unwrap_or_else(|e| panic!("choosing the {transport} transport: {e}"));
 }
 
 /// Evaluates `script` (which must `return` a value) until `done` accepts the
@@ -260,6 +282,8 @@ pub const PAGE_STATE: &str = r#"
     if (!h) return null;
     return {
         connection: h.connection,
+        transport: h.transport,
+        fallback: h.fallback,
         camera: h.camera,
         stats: h.stats,
         lastResult: h.lastResult,

@@ -166,10 +166,11 @@ impl Engine {
             Command::Open {
                 id,
                 offer,
+                codecs,
                 sink,
                 reply,
             } => {
-                let answer = self.open(id, offer, sink);
+                let answer = self.open(id, offer, &codecs, sink);
                 if answer.is_ok() {
                     self.drive(id, socket);
                 }
@@ -202,16 +203,23 @@ impl Engine {
         &mut self,
         id: Uuid,
         offer: str0m::change::SdpOffer,
+        codecs: &[VideoCodec],
         sink: Recipient<PeerEvent>,
     ) -> Result<String, OpenError> {
         let now = Instant::now();
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
-            .set_reordering_timeout_video(Some(REORDER_TIMEOUT))
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_vp8(true)
-            .build(now);
+        // str0m answers in the order of its own codec list: enabled in the
+        // offer's order, the sender's first choice is what it sends.
+        let config = codecs.iter().fold(
+            Rtc::builder()
+                .set_ice_lite(true)
+                .set_reordering_timeout_video(Some(REORDER_TIMEOUT))
+                .clear_codecs(),
+            |config, codec| match codec {
+                VideoCodec::H264 => config.enable_h264(true),
+                VideoCodec::Vp8 => config.enable_vp8(true),
+            },
+        );
+        let mut rtc = config.build(now);
         let candidate = Candidate::host(self.local, "udp")
             .map_err(|e| OpenError::BadOffer(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(candidate);

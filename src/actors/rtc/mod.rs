@@ -120,6 +120,8 @@ enum Command {
     Open {
         id: Uuid,
         offer: SdpOffer,
+        /// The offer's codecs, in its order of preference.
+        codecs: Vec<VideoCodec>,
         sink: Recipient<PeerEvent>,
         reply: oneshot::Sender<Result<String, OpenError>>,
     },
@@ -187,11 +189,13 @@ impl RtcEngine {
     }
 
     /// Negotiates `offer` for the peer `id`, whose events go to `sink`: the
-    /// SDP answer (ICE-lite, every candidate in it).
+    /// SDP answer (ICE-lite, every candidate in it), its codecs in the order
+    /// of `codecs` (the offer's: the sender's preference wins).
     pub async fn open(
         &self,
         id: Uuid,
         offer: SdpOffer,
+        codecs: Vec<VideoCodec>,
         sink: Recipient<PeerEvent>,
     ) -> Result<String, OpenError> {
         let (reply, answer) = oneshot::channel();
@@ -199,6 +203,7 @@ impl RtcEngine {
             .try_send(Command::Open {
                 id,
                 offer,
+                codecs,
                 sink,
                 reply,
             })

@@ -48,20 +48,22 @@ fn parse_error(e: &impl std::fmt::Display) -> String {
     why.chars().take(200).collect()
 }
 
-/// Parses `sdp` as an offer and checks it has video this server decodes.
-pub fn check_offer(sdp: &str) -> Result<SdpOffer, OpenError> {
+/// Parses `sdp` as an offer and checks it has video this server decodes;
+/// the offer and its codecs in the order offered (the answer keeps it).
+pub fn check_offer(sdp: &str) -> Result<(SdpOffer, Vec<VideoCodec>), OpenError> {
     let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| OpenError::BadOffer(parse_error(&e)))?;
     if !sdp.lines().any(|l| l.trim().starts_with("m=video ")) {
         return Err(OpenError::Unsupported(
             "the offer has no video track".into(),
         ));
     }
-    if offered_video_codecs(sdp).is_empty() {
+    let codecs = offered_video_codecs(sdp);
+    if codecs.is_empty() {
         return Err(OpenError::Unsupported(
             "the offer's video has no codec this server decodes: offer H.264 or VP8".into(),
         ));
     }
-    Ok(offer)
+    Ok((offer, codecs))
 }
 
 #[cfg(test)]
