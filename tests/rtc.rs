@@ -695,3 +695,52 @@ fn first_video_codec(sdp: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("a=rtpmap:{pt} ")))?;
     Some(map.split('/').next()?.to_string())
 }
+
+/// Frames a decoder refuses (a hostile or broken sender): counted, a
+/// keyframe asked for, the session goes on with results, nothing panics.
+#[actix_web::test]
+async fn corrupt_frames_bring_a_keyframe_request_and_the_stream_goes_on() {
+    let server = TestServer::start(test_config(PASSWORD)).await;
+    let (picture, _) = photo("obama.jpg");
+    let opts = options(VideoCodec::Vp8, true, picture.width(), picture.height());
+    let (mut client, location) = connect(&server, opts, |a| a).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = send_loop(client.sender(), picture, stop.clone());
+    let first = messages_until(&mut client, RESULTS_WITHIN, |m| results(m).len() >= 2).await;
+    let last_ts = |msgs: &[Value]| {
+        results(msgs)
+            .iter()
+            .filter_map(|r| r["rtp_ts"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let before_junk = last_ts(&first);
+    // VP8 frame tags with version 7 (RFC 6386 knows 0 to 3), as inter
+    // frames: libvpx refuses them.
+    let inject = client.sender();
+    for i in 0..5u32 {
+        let mut junk = vec![0x0f, 0x42, 0x00];
+        junk.extend((0..300u32).map(|j| (j.wrapping_mul(2654435761) >> (i % 8)) as u8));
+        inject.send_encoded(junk, 0x7000_0000 + i * 6000);
+    }
+    support::poll::eventually(
+        Duration::from_secs(20),
+        "a keyframe asked for after the junk",
+        || async {
+            metric(
+                &metrics_text(&server).await,
+                "holistream_rtc_keyframe_requests_total{reason=\"decode_error\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+    // Results again, of pictures sent well after the junk (the send loop's
+    // timestamps grow by 6000 a frame, from far below the junk's).
+    messages_until(&mut client, RESULTS_WITHIN, |m| {
+        last_ts(m) > before_junk + 10 * 6000
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    assert_eq!(whip_delete(&server, &location).await, StatusCode::OK);
+}

@@ -186,7 +186,15 @@ impl PendingClient {
 }
 
 enum ClientCommand {
-    Picture { picture: I420Picture, rtp_ts: u32 },
+    Picture {
+        picture: I420Picture,
+        rtp_ts: u32,
+    },
+    /// Bytes sent as a frame as they are (tests: a corrupt frame).
+    Encoded {
+        data: Vec<u8>,
+        rtp_ts: u32,
+    },
     Text(String),
 }
 
@@ -214,6 +222,12 @@ impl ClientSender {
     /// Sends a text message on the data channel (e.g. `config`).
     pub fn send_text(&self, text: String) {
         let _ = self.0.send(ClientCommand::Text(text));
+    }
+
+    /// Sends `data` as one encoded frame, not encoding anything: what a
+    /// broken or hostile encoder would send.
+    pub fn send_encoded(&self, data: Vec<u8>, rtp_ts: u32) {
+        let _ = self.0.send(ClientCommand::Encoded { data, rtp_ts });
     }
 }
 
@@ -331,32 +345,13 @@ impl ClientThread {
                 }
                 let keyframe = std::mem::take(&mut self.keyframe);
                 let data = self.encoder.encode(&picture, self.frame_ticks, keyframe)?;
-                if data.is_empty() {
+                self.write(data, rtp_ts)
+            }
+            ClientCommand::Encoded { data, rtp_ts } => {
+                if !self.connected {
                     return Ok(());
                 }
-                let want = match self.codec {
-                    VideoCodec::H264 => Codec::H264,
-                    VideoCodec::Vp8 => Codec::Vp8,
-                };
-                let Some(writer) = self.rtc.writer(self.video) else {
-                    return Ok(());
-                };
-                let Some(pt) = writer
-                    .payload_params()
-                    .find(|p| p.spec().codec == want)
-                    .map(|p| p.pt())
-                else {
-                    return Err(ClientError::Rtc("the answer took no video codec".into()));
-                };
-                self.sent_bytes += data.len() as u64;
-                writer
-                    .write(
-                        pt,
-                        Instant::now(),
-                        MediaTime::new(u64::from(rtp_ts), Frequency::NINETY_KHZ),
-                        data,
-                    )
-                    .map_err(|e| ClientError::Rtc(e.to_string()))
+                self.write(data, rtp_ts)
             }
             ClientCommand::Text(text) => {
                 if let Some(mut ch) = self.channel.and_then(|c| self.rtc.channel(c)) {
@@ -366,6 +361,36 @@ impl ClientThread {
                 Ok(())
             }
         }
+    }
+
+    /// Writes one encoded frame on the video track.
+    fn write(&mut self, data: Vec<u8>, rtp_ts: u32) -> Result<(), ClientError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let want = match self.codec {
+            VideoCodec::H264 => Codec::H264,
+            VideoCodec::Vp8 => Codec::Vp8,
+        };
+        let Some(writer) = self.rtc.writer(self.video) else {
+            return Ok(());
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == want)
+            .map(|p| p.pt())
+        else {
+            return Err(ClientError::Rtc("the answer took no video codec".into()));
+        };
+        self.sent_bytes += data.len() as u64;
+        writer
+            .write(
+                pt,
+                Instant::now(),
+                MediaTime::new(u64::from(rtp_ts), Frequency::NINETY_KHZ),
+                data,
+            )
+            .map_err(|e| ClientError::Rtc(e.to_string()))
     }
 
     /// Sends what str0m has to send and reports its events; the reason to
