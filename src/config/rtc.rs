@@ -47,7 +47,9 @@ pub struct RtcConfig {
     pub max_offer_bytes: usize,
     /// Largest encoded frame (depacketised) handed to a decoder; a bigger
     /// one is dropped and a keyframe asked for. A 640x480 keyframe from
-    /// Chromium at 1 Mbit/s is ~30 KB; 4 MiB leaves room for 4K.
+    /// Chromium at 1 Mbit/s is ~30 KB, a 1080p one at 8 Mbit/s under
+    /// 500 KB: 1 MiB leaves room, and bounds what a peer's decoder queue
+    /// holds.
     pub max_encoded_frame_bytes: usize,
 }
 
@@ -61,7 +63,7 @@ impl Default for RtcConfig {
             ingest_tokens: Vec::new(),
             ice_timeout_ms: 10_000,
             max_offer_bytes: 32 * 1024,
-            max_encoded_frame_bytes: 4 << 20,
+            max_encoded_frame_bytes: 1 << 20,
         }
     }
 }

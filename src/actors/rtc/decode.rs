@@ -8,6 +8,7 @@
 //! decoded in order on one context.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
@@ -27,6 +28,12 @@ use crate::metrics::Metrics;
 /// keyframe to start again from.
 const DECODE_QUEUE: usize = 32;
 
+/// Bytes of encoded frames waiting for one peer's decoder (at least one
+/// frame of `rtc.max_encoded_frame_bytes`): 32 frames of a 1 Mbit/s stream
+/// are ~130 KB, so only a sender of huge frames meets this bound, which
+/// keeps what one peer can make the server hold to a few MB.
+const DECODE_QUEUE_BYTES: usize = 4 << 20;
+
 /// One depacketised frame.
 pub struct EncodedFrame {
     pub codec: VideoCodec,
@@ -38,30 +45,49 @@ pub struct EncodedFrame {
 /// The engine's end of a decoder thread; dropping it ends the thread.
 pub struct DecoderHandle {
     frames: SyncSender<EncodedFrame>,
+    /// Bytes queued and not yet taken by the decoder.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
 }
 
 impl DecoderHandle {
     /// Starts the decoder thread of peer `id`.
+    /// `max_frame_bytes` is the largest frame the engine forwards.
     pub fn spawn(
         id: Uuid,
         sink: Recipient<PeerEvent>,
         engine: mpsc::Sender<Command>,
         limits: DecodeLimits,
+        max_frame_bytes: usize,
         metrics: Metrics,
     ) -> std::io::Result<DecoderHandle> {
         let (frames, rx) = sync_channel(DECODE_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         std::thread::Builder::new()
             .name("rtc-decode".into())
-            .spawn(move || decode_loop(id, rx, sink, engine, limits, metrics))?;
-        Ok(DecoderHandle { frames })
+            .spawn(move || decode_loop(id, rx, taken, sink, engine, limits, metrics))?;
+        Ok(DecoderHandle {
+            frames,
+            queued,
+            max_bytes: DECODE_QUEUE_BYTES.max(max_frame_bytes),
+        })
     }
 
     /// Queues `frame`; false (the frame dropped) when the decoder is
-    /// [`DECODE_QUEUE`] frames behind or gone.
+    /// [`DECODE_QUEUE`] frames or [`DECODE_QUEUE_BYTES`] behind, or gone.
     pub fn push(&self, frame: EncodedFrame) -> bool {
+        let len = frame.data.len();
+        if self.queued.load(Ordering::Acquire) + len > self.max_bytes {
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::AcqRel);
         match self.frames.try_send(frame) {
             Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                false
+            }
         }
     }
 }
@@ -69,6 +95,7 @@ impl DecoderHandle {
 fn decode_loop(
     id: Uuid,
     frames: Receiver<EncodedFrame>,
+    queued: Arc<AtomicUsize>,
     sink: Recipient<PeerEvent>,
     engine: mpsc::Sender<Command>,
     limits: DecodeLimits,
@@ -80,6 +107,7 @@ fn decode_loop(
         let _ = engine.try_send(Command::DecodeFailed { id });
     };
     while let Ok(frame) = frames.recv() {
+        queued.fetch_sub(frame.data.len(), Ordering::AcqRel);
         if decoder.as_ref().map(VideoDecoder::codec) != Some(frame.codec) {
             match VideoDecoder::new(frame.codec) {
                 Ok(d) => decoder = Some(d),

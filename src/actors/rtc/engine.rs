@@ -232,6 +232,7 @@ impl Engine {
             sink.clone(),
             self.commands.clone(),
             self.limits,
+            self.cfg.max_encoded_frame_bytes,
             self.metrics.clone(),
         )
         .map_err(|e| {
