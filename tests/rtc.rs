@@ -226,11 +226,17 @@ async fn codec_end_to_end(codec: VideoCodec) {
 
     // `config` goes over the channel as on the WebSocket: a bad one is an
     // error message, a good one applies (the pose alone, then the face too).
+    let sent = Instant::now();
     client.send_text(r#"{"type":"config","fps":0}"#.into());
     let msgs = messages_until(&mut client, RESULTS_WITHIN, |m| {
         m.iter().any(|m| m["type"] == "error")
     })
     .await;
+    // A figure, not a check: the data channel's round trip on loopback.
+    println!(
+        "{codec:?} data channel round trip (config -> error): {:.1} ms",
+        sent.elapsed().as_secs_f64() * 1e3
+    );
     let error = msgs.iter().find(|m| m["type"] == "error").unwrap();
     assert_eq!(error["code"], "bad_control", "{error}");
     client.send_text(r#"{"type":"config","parts":["pose"]}"#.into());
