@@ -20,14 +20,7 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
-python3 - "$T" <<'PY'
-import sys
-clip = open("tests/fixtures/clip/obama_640x480.mjpeg", "rb").read()
-i = n = 0
-while (s := clip.find(b"\xff\xd8", i)) >= 0 and (e := clip.find(b"\xff\xd9", s)) >= 0:
-    open(f"{sys.argv[1]}/f{n:03d}.jpg", "wb").write(clip[s:e + 2])
-    n, i = n + 1, e + 2
-PY
+python3 benches/split_clip.py "$T"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export HOLISTREAM_PASSWORD=transport-compare-code
 HOLISTREAM_RTC_PORT=0 RUST_LOG=warn "$BIN" serve --port "$PORT" >"$T/serve.log" 2>&1 &
