@@ -41,4 +41,6 @@ pub mod session;
 pub use job::{FrameDone, FrameFailure, FrameJob, FrameOutput};
 pub use pool::{InferencePool, PoolError};
 pub use rtc::RtcEngine;
-pub use session::{RtcSession, RtcSessionMsg, SessionActor, SessionRegistry, SessionsFull};
+pub use session::{
+    RtcSession, RtcSessionMsg, SessionActor, SessionCore, SessionRegistry, SessionsFull,
+};

@@ -131,8 +131,7 @@ impl RtcConfig {
         let announced = self.announced_ip(server_host)?;
         if announced.is_unspecified() || announced.is_multicast() {
             return Err(invalid(format!(
-                "rtc.public_ip must be set to an address peers can reach when the UDP socket binds {announced} ({} or HOLISTREAM_RTC_PUBLIC_IP)",
-                "rtc.public_ip"
+                "rtc.public_ip (or HOLISTREAM_RTC_PUBLIC_IP) must be set to an address peers can reach when the UDP socket binds {announced}"
             )));
         }
         if let Some(short) = self

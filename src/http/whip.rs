@@ -6,15 +6,13 @@
 //! stock WHIP clients authenticate, `Authorization: Bearer <token>` with the
 //! entry code or one of `rtc.ingest_tokens`, through the login rate limiter.
 
-use std::sync::Arc;
-
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::auth::Ingester;
-use super::ws::session_refused;
+use super::ws::open_session;
 use super::{AppState, Error};
 use crate::actors::rtc::{CloseReason, OpenError, RtcEngine, sdp};
 use crate::actors::{RtcSession, RtcSessionMsg};
@@ -64,22 +62,11 @@ pub async fn post(
         Ingester::Login(id) => (id, true),
         Ingester::Token => (Uuid::new_v4(), false),
     };
-    let ticket = state
-        .sessions
-        .try_open(session)
-        .map_err(|refused| session_refused(session, refused, "WHIP"))?;
-    let conn = ticket.conn();
+    let core = open_session(&state, session, "WHIP")?;
+    let conn = core.conn();
     let peer = Uuid::new_v4();
-    let mut actor = RtcSession::new(
-        session,
-        ticket,
-        Arc::new(state.config.session.clone()),
-        state.pool.clone(),
-        state.metrics.clone(),
-        peer,
-        engine.clone(),
-    )
-    .close_when(state.shutdown.clone().cancelled_owned());
+    let mut actor = RtcSession::new(core, peer, engine.clone())
+        .close_when(state.shutdown.clone().cancelled_owned());
     if login {
         let store = state.store.clone();
         actor = actor.close_when(async move { store.wait_until_invalid(session).await });

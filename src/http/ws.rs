@@ -9,24 +9,34 @@ use actix_web_actors::ws;
 use uuid::Uuid;
 
 use super::{AppState, Error};
-use crate::actors::{SessionActor, SessionsFull};
+use crate::actors::{SessionActor, SessionCore, SessionsFull};
 use crate::session_id::SessionTag;
 
-/// A refused session slot as the HTTP error: 503 at `server.max_sessions`,
-/// 429 past `server.max_sockets_per_session`; logged with what asked
-/// (`WebSocket`, `WHIP`).
-pub fn session_refused(session: Uuid, refused: SessionsFull, what: &str) -> Error {
-    let tag = SessionTag::of(session);
-    match refused {
-        SessionsFull::Server { max } => {
-            tracing::warn!(session = %tag, max, "{what} refused: at max sessions");
-            Error::AtCapacity
+/// A session slot for the client `session` and its core (fps cap, slot,
+/// tracking state), or the refusal as the HTTP error: 503 at
+/// `server.max_sessions`, 429 past `server.max_sockets_per_session`; logged
+/// with what asked (`WebSocket`, `WHIP`).
+pub fn open_session(state: &AppState, session: Uuid, what: &str) -> Result<SessionCore, Error> {
+    let ticket = state.sessions.try_open(session).map_err(|refused| {
+        let tag = SessionTag::of(session);
+        match refused {
+            SessionsFull::Server { max } => {
+                tracing::warn!(session = %tag, max, "{what} refused: at max sessions");
+                Error::AtCapacity
+            }
+            SessionsFull::PerSession { max } => {
+                tracing::info!(session = %tag, max, "{what} refused: session holds its share");
+                Error::TooManySockets
+            }
         }
-        SessionsFull::PerSession { max } => {
-            tracing::info!(session = %tag, max, "{what} refused: session holds its share");
-            Error::TooManySockets
-        }
-    }
+    })?;
+    Ok(SessionCore::new(
+        session,
+        ticket,
+        Arc::new(state.config.session.clone()),
+        state.pool.clone(),
+        state.metrics.clone(),
+    ))
 }
 
 /// Upgrades an authorised request to a WebSocket served by a new session
@@ -43,31 +53,21 @@ pub async fn ws_route(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let session = state.authorize_ws(&req).await?;
-    let ticket = state
-        .sessions
-        .try_open(session)
-        .map_err(|refused| session_refused(session, refused, "WebSocket"))?;
-    let conn = ticket.conn();
-    let cfg = Arc::new(state.config.session.clone());
-    let max_message_bytes = cfg.max_message_bytes;
+    let core = open_session(&state, session, "WebSocket")?;
+    let conn = core.conn();
+    let max_message_bytes = state.config.session.max_message_bytes;
     let store = state.store.clone();
-    let actor = SessionActor::new(
-        session,
-        ticket,
-        cfg,
-        state.pool.clone(),
-        state.metrics.clone(),
-    )
-    .close_when(
-        state.shutdown.clone().cancelled_owned(),
-        ws::CloseCode::Away,
-        "server shutting down",
-    )
-    .close_when(
-        async move { store.wait_until_invalid(session).await },
-        ws::CloseCode::Policy,
-        "session ended (logged out or expired)",
-    );
+    let actor = SessionActor::new(core)
+        .close_when(
+            state.shutdown.clone().cancelled_owned(),
+            ws::CloseCode::Away,
+            "server shutting down",
+        )
+        .close_when(
+            async move { store.wait_until_invalid(session).await },
+            ws::CloseCode::Policy,
+            "session ended (logged out or expired)",
+        );
     let registry = state.sessions.clone();
     let (addr, response) = ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(max_message_bytes)

@@ -11,7 +11,7 @@
 //! Must not decode or run frames (the pool's workers do, off the async threads)
 //! nor reach into the pool's queue: it talks to [`InferencePool`] only.
 
-mod core;
+pub mod core;
 mod rtc;
 mod ws;
 
@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use crate::model::FrameData;
 
+pub use core::SessionCore;
 pub use rtc::{RtcSession, RtcSessionMsg};
 pub use ws::SessionActor;
 

@@ -8,7 +8,6 @@
 //! it shows (`requestVideoFrameCallback`'s `rtpTimestamp`).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -16,13 +15,10 @@ use futures_util::future::LocalBoxFuture;
 use uuid::Uuid;
 
 use super::core::{Finished, SessionCore};
-use super::{CloseSession, SessionTicket, WaitingFrame};
+use super::{CloseSession, WaitingFrame};
 use crate::actors::job::{FrameDone, FrameJob};
-use crate::actors::pool::InferencePool;
 use crate::actors::protocol::{ErrorCode, with_rtp_ts};
 use crate::actors::rtc::{CloseReason, PeerEvent, RtcEngine};
-use crate::config::SessionConfig;
-use crate::metrics::Metrics;
 use crate::model::FrameData;
 
 /// RTP's video clock: ticks per millisecond.
@@ -57,18 +53,10 @@ pub enum RtcSessionMsg {
 }
 
 impl RtcSession {
-    /// The session of peer `peer`, for client `session` in slot `ticket`.
-    pub fn new(
-        session: Uuid,
-        ticket: SessionTicket,
-        cfg: Arc<SessionConfig>,
-        pool: InferencePool,
-        metrics: Metrics,
-        peer: Uuid,
-        engine: RtcEngine,
-    ) -> RtcSession {
+    /// The WebRTC actor of the session `core`, for the engine's peer `peer`.
+    pub fn new(core: SessionCore, peer: Uuid, engine: RtcEngine) -> RtcSession {
         RtcSession {
-            core: SessionCore::new(session, ticket, cfg, pool, metrics),
+            core,
             peer,
             engine,
             pictures: 0,

@@ -2,22 +2,17 @@
 //! text ones, results and errors back as text; a heartbeat closes clients
 //! that went silent or stopped reading.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
-use uuid::Uuid;
 
 use super::core::{Finished, SessionCore};
-use super::{CloseSession, SessionTicket, WaitingFrame};
+use super::{CloseSession, WaitingFrame};
 use crate::actors::job::{FrameDone, FrameJob};
-use crate::actors::pool::InferencePool;
 use crate::actors::protocol::{ErrorCode, frame_seq, parse_frame};
-use crate::config::SessionConfig;
-use crate::metrics::Metrics;
 use crate::model::FrameData;
 
 /// One WebSocket connection's actor.
@@ -34,17 +29,11 @@ pub struct SessionActor {
 }
 
 impl SessionActor {
-    /// A session for the client `session`, in the slot `ticket`.
-    pub fn new(
-        session: Uuid,
-        ticket: SessionTicket,
-        cfg: Arc<SessionConfig>,
-        pool: InferencePool,
-        metrics: Metrics,
-    ) -> SessionActor {
+    /// The WebSocket actor of the session `core`.
+    pub fn new(core: SessionCore) -> SessionActor {
         let now = Instant::now();
         SessionActor {
-            core: SessionCore::new(session, ticket, cfg, pool, metrics),
+            core,
             last_seen: now,
             last_pong: now,
             closers: Vec::new(),
