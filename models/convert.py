@@ -47,7 +47,10 @@ OPSET = 16
 ABS_TOL = 1e-3
 REL_TOL = 2e-5
 PRODUCER = "holistream models/convert.py"
-PRODUCER_VERSION = "1"
+PRODUCER_VERSION = "2"
+# The batch dimension of the inputs and outputs: the TFLite nets take one image, the ONNX ones any number (a GPU
+# runs several sessions' frames as one batch); every Reshape keeps the batch (-1) instead of TFLite's 1.
+BATCH = "N"
 
 # NHWC axis -> NCHW axis, for axis attributes of ops on 4-D activations.
 NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
@@ -385,7 +388,9 @@ class Converter:
         out_shape = self.tfl.shape(out_idx)
         src = self.to_nhwc(x) if x.rank == 4 else x.name
         out = self.value_name(out_idx)
-        shape_const = self.b.const("shape", np.array(out_shape, np.int64))
+        if out_shape[0] != 1:
+            fail(f"reshape to {out_shape}: the first axis is not the batch")
+        shape_const = self.b.const("shape", np.array([-1, *out_shape[1:]], np.int64))
         if len(out_shape) == 4:
             flat = self.b.node("Reshape", [src, shape_const], self.b.fresh(f"t{out_idx}_nhwc"))
             self.b.node("Transpose", [flat], out, perm=list(TO_NCHW))
@@ -550,8 +555,8 @@ class Converter:
         for i in out_idxs:
             v = self.inp(i)
             shape = [v.shape_nhwc[d] for d in TO_NCHW] if v.rank == 4 else v.shape_nhwc
-            outputs.append(helper.make_tensor_value_info(v.name, TensorProto.FLOAT, shape))
-        nchw_in = [in_shape[d] for d in TO_NCHW]
+            outputs.append(helper.make_tensor_value_info(v.name, TensorProto.FLOAT, [BATCH, *shape[1:]]))
+        nchw_in = [BATCH, *[in_shape[d] for d in TO_NCHW][1:]]
         graph = helper.make_graph(
             self.b.nodes, self.spec.name,
             [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, nchw_in)],
@@ -630,6 +635,17 @@ def check(spec: NetSpec, model: onnx.ModelProto, ref: dict[str, np.ndarray], noi
               f"TFLite XNNPACK vs reference kernels: {floor:.2e})")
         if not diff <= tol:
             fail(f"{spec.name}/{name}: max abs diff {diff} > {tol}")
+    # A batch of two (the crop and its mirror image) gives each image what it gives alone.
+    mirror = np.ascontiguousarray(x_nhwc[:, :, ::-1, :])
+    batch = np.concatenate([x_nhwc, mirror]).transpose(TO_NCHW)
+    pair = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(batch)})
+    alone = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(mirror.transpose(TO_NCHW))})
+    for name, both, first, second in zip(names, pair, got, alone):
+        for i, want in enumerate((first, second)):
+            diff = float(np.max(np.abs(both[i:i + 1] - want)))
+            if not diff <= 1e-5 * max(1.0, float(np.max(np.abs(want)))):
+                fail(f"{spec.name}/{name}: image {i} of a batch of 2 differs from it alone by {diff}")
+    print(f"  batch of 2 (crop, mirror): each as alone")
     return diffs
 
 

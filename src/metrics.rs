@@ -76,6 +76,9 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Wall time of one Holistic forward pass (decode excluded), seconds.
     pub inference_seconds: Histogram,
+    /// Frames run together by a batching model thread (`pool.max_batch`
+    /// above 1, a GPU): one observation per batch.
+    pub inference_batch_frames: Histogram,
     /// Inference workers replaced, by `reason`: `panic`, `stall`.
     pub worker_restarts_total: IntCounterVec,
     /// WebSocket protocol errors sent to clients, by `code` (`bad_frame`, ...).
@@ -275,6 +278,17 @@ impl Metrics {
             )
             .expect("metric options"),
         );
+        let inference_batch_frames = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "inference_batch_frames",
+                    "Frames per batch of a batching model thread",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )
+            .expect("metric options"),
+        );
         let worker_restarts_total = counter_vec(
             "worker_restarts_total",
             "Inference workers replaced, by reason",
@@ -376,6 +390,7 @@ impl Metrics {
             drops_total,
             queue_depth,
             inference_seconds,
+            inference_batch_frames,
             worker_restarts_total,
             ws_errors_total,
             logins_total,

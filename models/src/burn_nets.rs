@@ -107,17 +107,42 @@ impl BurnNets {
     /// - `input_nhwc`: `[H * W * 3]` with `(H, W) = net.input_size()`
     /// - returns `[1, 3, H, W]`
     fn input_tensor(&self, net: Net, input_nhwc: &[f32]) -> Result<Tensor<4>, NetError> {
+        self.batch_tensor(net, &[input_nhwc])
+    }
+
+    /// # Shapes
+    /// - `inputs`: N times `[H * W * 3]` with `(H, W) = net.input_size()`
+    /// - returns `[N, 3, H, W]`
+    fn batch_tensor(&self, net: Net, inputs: &[&[f32]]) -> Result<Tensor<4>, NetError> {
         let (h, w) = net.input_size();
         let expected = h * w * 3;
-        if input_nhwc.len() != expected {
-            return Err(NetError::InputSize {
-                net,
-                expected,
-                got: input_nhwc.len(),
-            });
+        let mut data = Vec::with_capacity(expected * inputs.len());
+        for input in inputs {
+            if input.len() != expected {
+                return Err(NetError::InputSize {
+                    net,
+                    expected,
+                    got: input.len(),
+                });
+            }
+            data.extend_from_slice(input);
         }
-        let data = TensorData::new(input_nhwc.to_vec(), [1, h, w, 3]);
+        let data = TensorData::new(data, [inputs.len(), h, w, 3]);
         Ok(Tensor::<4>::from_data(data, &self.device).permute([0, 3, 1, 2]))
+    }
+
+    /// [`NetRunner::run_batch`], also returning the wall time of the forward
+    /// pass with the read-back (as [`BurnNets::run_timed`]). For `holistream
+    /// bench`.
+    pub fn run_batch_timed(
+        &self,
+        net: Net,
+        inputs: &[&[f32]],
+    ) -> Result<(Vec<Vec<Vec<f32>>>, Duration), NetError> {
+        let input = self.batch_tensor(net, inputs)?;
+        let start = Instant::now();
+        let outputs = self.forward(net, input)?;
+        Ok((split_batch(net, outputs, inputs.len())?, start.elapsed()))
     }
 
     /// Runs one net and flattens its outputs in TFLite order and layout.
@@ -181,6 +206,44 @@ impl NetRunner for BurnNets {
         let input = self.input_tensor(net, input_nhwc)?;
         self.forward(net, input)
     }
+
+    /// One forward pass over `[N, 3, H, W]`: on a GPU the launches and the
+    /// read-back are paid once for the N inputs.
+    fn run_batch(&self, net: Net, inputs: &[&[f32]]) -> Result<Vec<Vec<Vec<f32>>>, NetError> {
+        match inputs {
+            [] => Ok(Vec::new()),
+            [one] => Ok(vec![self.run(net, one)?]),
+            _ => {
+                let input = self.batch_tensor(net, inputs)?;
+                split_batch(net, self.forward(net, input)?, inputs.len())
+            }
+        }
+    }
+
+    fn batches(&self) -> bool {
+        cfg!(any(feature = "wgpu", feature = "cuda"))
+    }
+}
+
+/// Splits each output of a batch of `n` (batch first, flattened) into the
+/// outputs of each input.
+fn split_batch(net: Net, outputs: Vec<Vec<f32>>, n: usize) -> Result<Vec<Vec<Vec<f32>>>, NetError> {
+    let mut per_input = vec![Vec::with_capacity(outputs.len()); n];
+    for output in outputs {
+        if output.len() % n != 0 {
+            return Err(NetError::Output {
+                net,
+                message: format!("{} values do not split into a batch of {n}", output.len()),
+            });
+        }
+        for (mine, chunk) in per_input
+            .iter_mut()
+            .zip(output.chunks_exact(output.len() / n))
+        {
+            mine.push(chunk.to_vec());
+        }
+    }
+    Ok(per_input)
 }
 
 /// The device `load_default_device` uses: CUDA device 0 (`cuda` feature).

@@ -86,6 +86,21 @@ pub trait NetRunner: Send {
         self.run(net, input_nhwc)
     }
 
+    /// [`NetRunner::run`] on several inputs of the same net at once: one
+    /// output list per input, in order, each what `run` gives for that input
+    /// alone (to float rounding: a batched kernel may sum in another order).
+    /// Where the nets have no batched forward (the fused CPU kernels, which
+    /// gain nothing from it), one `run` per input.
+    fn run_batch(&self, net: Net, inputs: &[&[f32]]) -> Result<Vec<Vec<Vec<f32>>>, NetError> {
+        inputs.iter().map(|input| self.run(net, input)).collect()
+    }
+
+    /// Whether [`NetRunner::run_batch`] runs the inputs as one batch (a
+    /// GPU device), so that waiting for company pays off.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// A second instance sharing these weights, with its own buffers, for a
     /// second thread; `None` where that is not cheap (the generated burn
     /// modules are loaded per instance).
@@ -134,6 +149,12 @@ impl Backend {
             Backend::FusedPortable => Box::new(FusedNets::load()?.with_isa(Isa::PORTABLE)),
             Backend::Burn => Box::new(BurnNets::load_default_device()?),
         })
+    }
+
+    /// Whether these nets run a batch at once ([`NetRunner::batches`]):
+    /// burn on a GPU device.
+    pub fn batches(self) -> bool {
+        self == Backend::Burn && cfg!(any(feature = "wgpu", feature = "cuda"))
     }
 
     pub fn name(self) -> &'static str {

@@ -30,21 +30,30 @@
 //! worker that would need a new thread past that stays unstaffed: it answers
 //! its jobs `unavailable` (no restart, no new thread) and the pool reports
 //! not ready, until an abandoned thread has ended and the next job staffs it.
+//!
+//! Batching (`pool.max_batch` above 1, nets on a GPU): workers are grouped
+//! by `max_batch` around one model thread, which takes the jobs its group
+//! has waiting (the first waits at most `pool.max_batch_wait_ms` for
+//! company) and runs them together through [`Batched`]. Each worker still
+//! hands over one job and waits for its answer with the same deadline; a
+//! stall abandons the group's thread and whichever worker comes next starts
+//! the group a new one. With batches of 1 (the CPU) every worker has its
+//! own thread, as before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use ractor::factory::{FactoryMessage, Job, Worker, WorkerId};
 use ractor::{ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::job::{FrameDone, FrameFailure, FrameJob, FrameKey, FrameOutput, PoolJob, run_frame};
 use crate::config::{DecodeLimits, FaultPlan, ModelConfig};
 use crate::metrics::Metrics;
-use crate::model::Holistic;
+use crate::model::{Batched, Holistic};
 
 /// What all workers of a pool share.
 pub(crate) struct InferenceShared {
@@ -56,6 +65,51 @@ pub(crate) struct InferenceShared {
     pub(crate) decode_limits: DecodeLimits,
     /// The nets and the branch policy of every model thread.
     pub(crate) model: ModelConfig,
+    /// Frames a model thread runs together (1: one worker, one thread).
+    pub(crate) batch: usize,
+    /// How long the first frame of a batch waits for company.
+    pub(crate) batch_wait: Duration,
+    /// The model thread of each group of `batch` workers (worker `wid` is in
+    /// group `wid / batch`), once started.
+    pub(crate) threads: Vec<Mutex<Option<Arc<ModelThread>>>>,
+}
+
+impl InferenceShared {
+    /// Empty thread slots for `workers` workers in batches of `batch`.
+    pub(crate) fn thread_slots(
+        workers: usize,
+        batch: usize,
+    ) -> Vec<Mutex<Option<Arc<ModelThread>>>> {
+        (0..workers.div_ceil(batch.max(1)))
+            .map(|_| Mutex::new(None))
+            .collect()
+    }
+
+    /// The live model thread of `wid`'s group, started if there is none;
+    /// `None` past the cap on abandoned threads.
+    pub(crate) fn thread_for(self: &Arc<Self>, wid: usize) -> Option<Arc<ModelThread>> {
+        let group = (wid / self.batch.max(1)).min(self.threads.len().saturating_sub(1));
+        let mut slot = self.threads.get(group)?.lock();
+        if let Some(thread) = slot.as_ref().filter(|t| t.alive()) {
+            return Some(thread.clone());
+        }
+        // Abandoned or retired: not handed out again.
+        slot.take();
+        if !self.census.may_spawn() {
+            return None;
+        }
+        let thread = Arc::new(ModelThread::spawn(group, self.clone()));
+        *slot = Some(thread.clone());
+        Some(thread)
+    }
+
+    /// Lets every model thread go (each exits after its pass): on shutdown,
+    /// once the workers are gone.
+    pub(crate) fn release_threads(&self) {
+        for slot in &self.threads {
+            slot.lock().take();
+        }
+    }
 }
 
 /// Counts abandoned model threads still alive, and workers left without a
@@ -125,6 +179,23 @@ impl ThreadFate {
 /// ended) uncounts an abandoned thread.
 struct ExitGuard(Arc<ThreadFate>);
 
+impl ExitGuard {
+    /// A worker gave up on this thread during its pass: it exits after it,
+    /// whoever still holds a handle (its group's idle workers may).
+    fn abandoned(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// The thread is about to exit (its nets may be broken): marked before
+    /// its last answers go out, so no worker hands it another job.
+    fn retire(&self) {
+        let _ = self
+            .0
+            .state
+            .compare_exchange(RUNNING, EXITED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         if self.0.state.swap(EXITED, Ordering::AcqRel) == ABANDONED {
@@ -160,105 +231,211 @@ pub enum ModelThreadError {
     Died,
 }
 
-enum Readiness {
-    Loading(oneshot::Receiver<Result<(), ModelThreadError>>),
-    Ready,
-    Failed(ModelThreadError),
-}
+/// Whether the model is loaded: `None` while loading.
+type Ready = Option<Result<(), ModelThreadError>>;
 
-/// The OS thread of one worker, owning its model instance.
+/// The OS thread of one worker (of a group of `pool.max_batch` workers when
+/// batching), owning its model instance.
 ///
-/// Dropping it closes the job channel: the thread finishes the pass it is in
-/// (if any), drops its model and exits. Nobody joins it, which is what lets a
-/// stalled thread be abandoned.
+/// Dropping the last handle closes the job channel: the thread finishes the
+/// pass it is in (if any), drops its model and exits. Nobody joins it, which
+/// is what lets a stalled thread be abandoned.
 pub struct ModelThread {
-    wid: usize,
+    group: usize,
     jobs: mpsc::SyncSender<ThreadJob>,
-    ready: Readiness,
+    ready: watch::Receiver<Ready>,
     fate: Arc<ThreadFate>,
 }
 
 impl ModelThread {
-    /// Starts the thread; it loads its model right away.
-    pub(crate) fn spawn(wid: usize, shared: Arc<InferenceShared>) -> ModelThread {
-        // Capacity 1: the worker sends one job and waits for its answer.
-        let (jobs, rx) = mpsc::sync_channel::<ThreadJob>(1);
-        let (ready_tx, ready_rx) = oneshot::channel();
+    /// Starts the thread of worker group `group`; it loads its model right
+    /// away.
+    pub(crate) fn spawn(group: usize, shared: Arc<InferenceShared>) -> ModelThread {
+        // One job per worker of the group: each sends one and waits for its
+        // answer.
+        let (jobs, rx) = mpsc::sync_channel::<ThreadJob>(shared.batch.max(1));
+        let (ready_tx, ready_rx) = watch::channel(None);
         let fate = Arc::new(ThreadFate {
             state: AtomicU8::new(RUNNING),
             shared: shared.clone(),
         });
         let guard = ExitGuard(fate.clone());
         let spawned = std::thread::Builder::new()
-            .name(format!("inference-{wid}"))
-            .spawn(move || {
-                let _guard = guard;
-                model_thread(shared, rx, ready_tx)
-            });
-        let ready = match spawned {
-            Ok(_detached) => Readiness::Loading(ready_rx),
-            Err(e) => Readiness::Failed(ModelThreadError::Spawn(e.to_string())),
-        };
+            .name(format!("inference-{group}"))
+            .spawn(move || model_thread(shared, rx, ready_tx, guard));
+        if let Err(e) = spawned {
+            // The guard went with the closure: this thread never ran.
+            fate.state.store(EXITED, Ordering::Release);
+            let (failed, ready_rx) =
+                watch::channel(Some(Err(ModelThreadError::Spawn(e.to_string()))));
+            drop(failed);
+            return ModelThread {
+                group,
+                jobs,
+                ready: ready_rx,
+                fate,
+            };
+        }
         ModelThread {
-            wid,
+            group,
             jobs,
-            ready,
+            ready: ready_rx,
             fate,
         }
     }
 
     /// Waits until the model is loaded.
-    pub(crate) async fn wait_ready(&mut self) -> Result<(), ModelThreadError> {
-        if let Readiness::Loading(rx) = &mut self.ready {
-            self.ready = match rx.await {
-                Ok(Ok(())) => Readiness::Ready,
-                Ok(Err(e)) => Readiness::Failed(e),
-                Err(_) => Readiness::Failed(ModelThreadError::Died),
-            };
+    pub(crate) async fn wait_ready(&self) -> Result<(), ModelThreadError> {
+        let mut ready = self.ready.clone();
+        match ready.wait_for(Option::is_some).await {
+            Ok(state) => state.clone().unwrap_or(Err(ModelThreadError::Died)),
+            Err(_) => Err(ModelThreadError::Died),
         }
-        match &self.ready {
-            Readiness::Ready => Ok(()),
-            Readiness::Failed(e) => Err(e.clone()),
-            Readiness::Loading(_) => unreachable!("resolved above"),
-        }
+    }
+
+    /// Neither abandoned nor exited: it may take jobs.
+    fn alive(&self) -> bool {
+        self.fate.state.load(Ordering::Acquire) == RUNNING
+    }
+}
+
+/// A model thread's nets: its own pipeline (a batch of 1), or a device's
+/// nets for its group's batches.
+enum ThreadModel {
+    One(Holistic),
+    Batch(Batched),
+}
+
+fn load_model(shared: &InferenceShared) -> Result<ThreadModel, ModelThreadError> {
+    let load = |e: crate::model::ModelError| ModelThreadError::Load(e.to_string());
+    if shared.batch > 1 {
+        let nets = shared.model.nets().load().map_err(|e| load(e.into()))?;
+        Ok(ThreadModel::Batch(Batched::new(nets, shared.batch)))
+    } else {
+        Ok(ThreadModel::One(
+            Holistic::load_with(&shared.model).map_err(load)?,
+        ))
     }
 }
 
 fn model_thread(
     shared: Arc<InferenceShared>,
     jobs: mpsc::Receiver<ThreadJob>,
-    ready: oneshot::Sender<Result<(), ModelThreadError>>,
+    ready: watch::Sender<Ready>,
+    guard: ExitGuard,
 ) {
     let started = Instant::now();
-    let holistic = match Holistic::load_with(&shared.model) {
-        Ok(h) => h,
+    let model = match load_model(&shared) {
+        Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "loading the Holistic model failed");
-            let _ = ready.send(Err(ModelThreadError::Load(e.to_string())));
+            guard.retire();
+            let _ = ready.send(Some(Err(e)));
             return;
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), "model loaded");
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Some(Ok(())));
 
-    // Ends when the worker drops its sender: on stop, or when it abandoned
-    // this thread after a stall.
-    while let Ok(ThreadJob {
-        frame,
-        queued,
-        answer,
-    }) = jobs.recv()
-    {
-        let fault = shared.faults.read().draw();
-        let done = process_frame(&holistic, &shared, frame, queued, fault);
-        let retired = matches!(done.outcome, Err(FrameFailure::WorkerPanicked));
-        let _ = answer.send(ThreadAnswer { done, retired });
-        if retired {
-            // The model may be half-way through a mutation; this thread
-            // and its model retire with the worker.
-            return;
+    // Ends when the last worker drops its sender: on stop, or when the
+    // thread was abandoned after a stall.
+    match model {
+        ThreadModel::One(holistic) => {
+            while let Ok(ThreadJob {
+                frame,
+                queued,
+                answer,
+            }) = jobs.recv()
+            {
+                let fault = shared.faults.read().draw();
+                let done = process_frame(&holistic, &shared, frame, queued, fault);
+                let retired = matches!(done.outcome, Err(FrameFailure::WorkerPanicked));
+                if retired {
+                    // The model may be half-way through a mutation; this
+                    // thread and its model retire with the worker.
+                    guard.retire();
+                }
+                let _ = answer.send(ThreadAnswer { done, retired });
+                if retired || guard.abandoned() {
+                    return;
+                }
+            }
+        }
+        ThreadModel::Batch(mut batched) => {
+            while let Some(batch) = next_batch(&jobs, shared.batch, shared.batch_wait) {
+                if !run_batch(&mut batched, &shared, batch, &guard) || guard.abandoned() {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// The next job and whatever joins it within `wait` (or is already
+/// waiting), up to `capacity`; `None` once every worker has let go.
+fn next_batch(
+    jobs: &mpsc::Receiver<ThreadJob>,
+    capacity: usize,
+    wait: Duration,
+) -> Option<Vec<ThreadJob>> {
+    let first = jobs.recv().ok()?;
+    let until = Instant::now() + wait;
+    let mut batch = vec![first];
+    while batch.len() < capacity {
+        let left = until.saturating_duration_since(Instant::now());
+        let next = if left.is_zero() {
+            jobs.try_recv().ok()
+        } else {
+            jobs.recv_timeout(left).ok()
+        };
+        match next {
+            Some(job) => batch.push(job),
+            None => break,
+        }
+    }
+    Some(batch)
+}
+
+/// One batch through [`Batched`], every job answered; `false` when the
+/// device failed and the thread retires.
+fn run_batch(
+    batched: &mut Batched,
+    shared: &InferenceShared,
+    batch: Vec<ThreadJob>,
+    guard: &ExitGuard,
+) -> bool {
+    shared
+        .metrics
+        .inference_batch_frames
+        .observe(batch.len() as f64);
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.len());
+    for job in batch {
+        answers.push((job.frame.seq, job.answer));
+        items.push((job.frame, job.queued, shared.faults.read().draw()));
+    }
+    let dones = batched.run(items, |holistic, (frame, queued, fault)| {
+        process_frame(holistic, shared, frame, queued, fault)
+    });
+    let broken = batched.broken();
+    if broken {
+        tracing::error!("a batched forward pass panicked; retiring the model thread");
+        guard.retire();
+    }
+    for ((seq, answer), done) in answers.into_iter().zip(dones) {
+        // `run_frame` catches the pipeline's panics; this is a thread that
+        // could not start.
+        let done = done.unwrap_or(FrameDone {
+            seq,
+            tracking: None,
+            outcome: Err(FrameFailure::WorkerPanicked),
+        });
+        // A frame's panic was in its own pipeline (a crop buffer), not in
+        // the device's nets: its worker is replaced, the thread goes on.
+        let retired = broken || matches!(done.outcome, Err(FrameFailure::WorkerPanicked));
+        let _ = answer.send(ThreadAnswer { done, retired });
+    }
+    !broken
 }
 
 /// One frame on the worker thread: [`run_frame`], then the `result`
@@ -323,7 +500,7 @@ pub struct InferenceWorker {
 /// State of an [`InferenceWorker`].
 pub struct InferenceWorkerState {
     wid: WorkerId,
-    thread: Option<ModelThread>,
+    thread: Option<Arc<ModelThread>>,
     metrics: Metrics,
     /// Set once this worker's exit has been accounted for (normal stop, or a
     /// failure already counted); a drop without it means the factory killed
@@ -366,26 +543,21 @@ impl Drop for InferenceWorkerState {
 impl Worker for InferenceWorker {
     type Key = FrameKey;
     type Message = PoolJob;
-    /// A thread already loaded by `InferencePool::start`, or `None` for a
-    /// replacement, which starts its own.
-    type Arguments = Option<ModelThread>;
+    /// Workers find their model thread in `InferenceShared::threads`.
+    type Arguments = ();
     type State = InferenceWorkerState;
 
     async fn pre_start(
         &self,
         wid: WorkerId,
         _factory: &ActorRef<FactoryMessage<FrameKey, PoolJob>>,
-        prepared: Option<ModelThread>,
+        _args: (),
     ) -> Result<InferenceWorkerState, ActorProcessingErr> {
-        // A replacement's model loads on its thread while the factory goes on;
-        // the first job waits for it in `handle`. Past the cap on abandoned
-        // threads it starts without one.
-        let thread = prepared.or_else(|| {
-            self.shared
-                .census
-                .may_spawn()
-                .then(|| ModelThread::spawn(wid, self.shared.clone()))
-        });
+        // The group's thread, loaded by `InferencePool::start`; for a
+        // replacement whose thread is gone, a new one, whose model loads
+        // while the factory goes on (the first job waits for it in
+        // `handle`). Past the cap on abandoned threads it starts without one.
+        let thread = self.shared.thread_for(wid);
         let mut state = InferenceWorkerState {
             wid,
             thread: None,
@@ -431,23 +603,29 @@ impl Worker for InferenceWorker {
         };
         let queued = job.msg.submitted.elapsed();
         let seq = job.msg.seq();
+        if state.thread.as_ref().is_some_and(|t| !t.alive()) {
+            // Another worker of the group abandoned or retired it.
+            state.thread = None;
+        }
         if state.thread.is_none() {
-            if !self.shared.census.may_spawn() {
+            let Some(thread) = self.shared.thread_for(wid) else {
                 // Degraded, not failed: no restart (it would only spin), the
                 // job answered at once.
                 job.msg.frame = Some(frame);
                 job.msg.fail(FrameFailure::Unavailable);
                 return Ok(key);
+            };
+            if state.unstaffed {
+                tracing::info!(
+                    worker = wid,
+                    "abandoned threads ended; the worker has a model thread again"
+                );
             }
-            tracing::info!(
-                worker = wid,
-                "abandoned threads ended; starting a model thread"
-            );
-            state.thread = Some(ModelThread::spawn(wid, self.shared.clone()));
+            state.thread = Some(thread);
             state.set_unstaffed(false);
         }
         // unwrap: staffed just above.
-        let thread = state.thread.as_mut().unwrap();
+        let thread = state.thread.as_ref().unwrap();
         if let Err(e) = thread.wait_ready().await {
             job.msg.frame = Some(frame);
             job.msg.fail(FrameFailure::Inference);
@@ -509,7 +687,7 @@ impl Worker for InferenceWorker {
                 // pass ends, and is counted until then.
                 if let Some(t) = state.thread.take() {
                     t.fate.abandon();
-                    tracing::debug!(worker = t.wid, "model thread abandoned");
+                    tracing::debug!(worker = wid, group = t.group, "model thread abandoned");
                 }
                 self.count_restart(state, "stall");
                 job.msg.fail(FrameFailure::WorkerStalled);
@@ -532,32 +710,24 @@ impl InferenceWorker {
     }
 }
 
-/// Builds workers for the factory: first the pre-loaded ones, then fresh
-/// replacements.
+/// Builds workers for the factory, the first ones and replacements alike.
 pub(crate) struct InferenceWorkerBuilder {
     shared: Arc<InferenceShared>,
-    prepared: Vec<Option<ModelThread>>,
 }
 
 impl InferenceWorkerBuilder {
-    pub(crate) fn new(shared: Arc<InferenceShared>, prepared: Vec<ModelThread>) -> Self {
-        InferenceWorkerBuilder {
-            shared,
-            prepared: prepared.into_iter().map(Some).collect(),
-        }
+    pub(crate) fn new(shared: Arc<InferenceShared>) -> Self {
+        InferenceWorkerBuilder { shared }
     }
 }
 
-impl ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>>
-    for InferenceWorkerBuilder
-{
-    fn build(&mut self, wid: WorkerId) -> (InferenceWorker, Option<ModelThread>) {
-        let prepared = self.prepared.get_mut(wid).and_then(Option::take);
+impl ractor::factory::WorkerBuilder<InferenceWorker, ()> for InferenceWorkerBuilder {
+    fn build(&mut self, _wid: WorkerId) -> (InferenceWorker, ()) {
         (
             InferenceWorker {
                 shared: self.shared.clone(),
             },
-            prepared,
+            (),
         )
     }
 }
@@ -574,6 +744,9 @@ mod tests {
             census: ThreadCensus::new(max_abandoned),
             decode_limits: DecodeLimits::CAMERA,
             model: ModelConfig::default(),
+            batch: 1,
+            batch_wait: Duration::ZERO,
+            threads: InferenceShared::thread_slots(1, 1),
         })
     }
 

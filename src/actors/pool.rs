@@ -32,8 +32,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 
 use super::inference::{
-    InferenceShared, InferenceWorker, InferenceWorkerBuilder, ModelThread, ModelThreadError,
-    ThreadCensus,
+    InferenceShared, InferenceWorker, InferenceWorkerBuilder, ModelThreadError, ThreadCensus,
 };
 use super::job::{FrameDone, FrameFailure, FrameJob, FrameKey, PoolJob};
 use super::remote::gateway::{RemotePool, RemotePoolError};
@@ -158,7 +157,7 @@ pub enum InferencePool {
 type PoolFactory = Factory<
     FrameKey,
     PoolJob,
-    Option<ModelThread>,
+    (),
     InferenceWorker,
     routing::QueuerRouting<FrameKey, PoolJob>,
     FrameQueue,
@@ -190,6 +189,7 @@ impl InferencePool {
         }
         let faults = Arc::new(RwLock::new(cfg.faults));
         let stall_deadline = Duration::from_millis(cfg.stall_deadline_ms);
+        let batch = cfg.batch_size(model.nets().batches())?;
         let shared = Arc::new(InferenceShared {
             metrics: metrics.clone(),
             faults: faults.clone(),
@@ -197,26 +197,41 @@ impl InferencePool {
             census: ThreadCensus::new(cfg.max_abandoned_threads),
             decode_limits: cfg.decode_limits()?,
             model: *model,
+            batch,
+            batch_wait: Duration::from_millis(cfg.max_batch_wait_ms),
+            threads: InferenceShared::thread_slots(cfg.workers, batch),
         });
 
-        // Load the models concurrently, one per worker thread.
-        let mut threads = Vec::with_capacity(cfg.workers);
-        for wid in 0..cfg.workers {
-            threads.push(ModelThread::spawn(wid, shared.clone()));
+        // Load the models concurrently: one thread per worker, or per group
+        // of `batch` workers.
+        let mut threads = Vec::new();
+        for wid in (0..cfg.workers).step_by(batch) {
+            let thread = shared.thread_for(wid).ok_or(PoolError::Model {
+                worker: wid,
+                source: ModelThreadError::Spawn("no thread slot".into()),
+            })?;
+            threads.push((wid, thread));
         }
-        for (wid, thread) in threads.iter_mut().enumerate() {
-            thread
-                .wait_ready()
-                .await
-                .map_err(|source| PoolError::Model {
-                    worker: wid,
+        for (wid, thread) in &threads {
+            if let Err(source) = thread.wait_ready().await {
+                shared.release_threads();
+                return Err(PoolError::Model {
+                    worker: *wid,
                     source,
-                })?;
+                });
+            }
+        }
+        drop(threads);
+        if batch > 1 {
+            tracing::info!(
+                batch,
+                wait_ms = cfg.max_batch_wait_ms,
+                "model threads batch frames across sessions"
+            );
         }
 
-        let worker_builder: Box<
-            dyn ractor::factory::WorkerBuilder<InferenceWorker, Option<ModelThread>>,
-        > = Box::new(InferenceWorkerBuilder::new(shared.clone(), threads));
+        let worker_builder: Box<dyn ractor::factory::WorkerBuilder<InferenceWorker, ()>> =
+            Box::new(InferenceWorkerBuilder::new(shared.clone()));
         let args = FactoryArguments::builder()
             .worker_builder(worker_builder)
             .num_initial_workers(cfg.workers)
@@ -319,6 +334,14 @@ impl InferencePool {
     }
 }
 
+impl Drop for LocalPool {
+    /// The thread slots and the threads' fates hold each other (a cycle of
+    /// `Arc`s): broken here for a pool dropped without `shutdown`.
+    fn drop(&mut self) {
+        self.shared.release_threads();
+    }
+}
+
 impl LocalPool {
     fn submit(&self, frame: FrameJob) -> BoxFuture<'static, FrameDone> {
         let (tx, rx) = oneshot::channel();
@@ -364,6 +387,7 @@ impl LocalPool {
             self.factory.kill();
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        self.shared.release_threads();
     }
 }
 

@@ -271,6 +271,12 @@ impl Config {
         if let Some(v) = non_empty("HOLISTREAM_ADMIN_ENABLED") {
             self.admin.enabled = parse_bool("HOLISTREAM_ADMIN_ENABLED", &v)?;
         }
+        if let Some(v) = non_empty("HOLISTREAM_MAX_BATCH") {
+            self.pool.max_batch = Some(parse_number("HOLISTREAM_MAX_BATCH", &v)?);
+        }
+        if let Some(v) = non_empty("HOLISTREAM_MAX_BATCH_WAIT_MS") {
+            self.pool.max_batch_wait_ms = parse_number("HOLISTREAM_MAX_BATCH_WAIT_MS", &v)?;
+        }
         self.model.apply_env()?;
         self.rtc.apply_env()?;
         Ok(())
@@ -328,6 +334,8 @@ impl Config {
         if self.auth.session_ttl_s == 0 {
             return bad("auth.session_ttl_s must be at least 1".into());
         }
+        // The pool alone cannot tell whether its nets batch.
+        self.pool.batch_size(self.model.nets().batches())?;
         if self.auth.max_failures == 0 {
             return bad("auth.max_failures must be at least 1".into());
         }
@@ -378,6 +386,12 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.server.shutdown_timeout_ms)
     }
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| ConfigError::Invalid(format!("{name} must be a whole number, got {v:?}")))
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {

@@ -38,6 +38,16 @@ pub struct PoolConfig {
     pub max_frame_width: u32,
     /// See `max_frame_width`.
     pub max_frame_height: u32,
+    /// Frames one model thread runs together, from different sessions, each
+    /// net once for all of them (a GPU runs a batch for about the price of
+    /// one frame). Workers are grouped by this many around one model
+    /// thread. Unset: as many as the workers where the nets batch (burn on
+    /// a GPU device: a `wgpu` or `cuda` build with `model.nets = "burn"`),
+    /// else 1. Above 1 only where the nets batch: the CPU kernels run frames
+    /// one by one and gain nothing from waiting for company.
+    pub max_batch: Option<usize>,
+    /// How long the first frame of a batch waits for company, at most.
+    pub max_batch_wait_ms: u64,
     /// Fault injection, for tests (`panic=0.05,stall=0.01:2s,slow=0.1:50ms`).
     pub faults: FaultPlan,
     /// `local` (the settings above) or `redis` (remote workers, below).
@@ -58,6 +68,8 @@ impl Default for PoolConfig {
             max_abandoned_threads: 2,
             max_frame_width: DecodeLimits::CAMERA.max_width(),
             max_frame_height: DecodeLimits::CAMERA.max_height(),
+            max_batch: None,
+            max_batch_wait_ms: Self::DEFAULT_BATCH_WAIT_MS,
             faults: FaultPlan::none(),
             kind: PoolKind::Local,
             remote: RemotePoolConfig::default(),
@@ -66,6 +78,28 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
+    /// `max_batch_wait_ms` by default: a small part of a GPU batch's time,
+    /// so that a lone frame is not held long.
+    pub const DEFAULT_BATCH_WAIT_MS: u64 = 3;
+
+    /// Frames per batch for nets that batch (`nets_batch`) or not: the
+    /// setting, or its default; an error for a batch above 1 the nets would
+    /// run one by one.
+    pub fn batch_size(&self, nets_batch: bool) -> Result<usize, ConfigError> {
+        match self.max_batch {
+            None if nets_batch => Ok(self.workers),
+            None => Ok(1),
+            Some(n) if n == 0 || n > 256 => Err(invalid(format!(
+                "pool.max_batch must be in 1..=256, got {n}"
+            ))),
+            Some(n) if n > 1 && !nets_batch => Err(invalid(format!(
+                "pool.max_batch = {n} needs nets that run a batch at once: a build with the \
+                 `wgpu` or `cuda` feature and model.nets = \"burn\""
+            ))),
+            Some(n) => Ok(n),
+        }
+    }
+
     /// Checks the values, with a message that names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.kind == PoolKind::Redis {
@@ -87,6 +121,12 @@ impl PoolConfig {
         }
         if self.job_ttl_ms == 0 {
             return Err(invalid("pool.job_ttl_ms must be at least 1".into()));
+        }
+        if self.max_batch_wait_ms > 1000 {
+            return Err(invalid(format!(
+                "pool.max_batch_wait_ms must be at most 1000, got {}",
+                self.max_batch_wait_ms
+            )));
         }
         if self.stall_deadline_ms < 10 {
             return Err(invalid(format!(
@@ -294,6 +334,48 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("session.default_fps")
+        );
+    }
+
+    #[test]
+    fn batches_only_where_the_nets_batch() {
+        let p = PoolConfig {
+            workers: 6,
+            ..Default::default()
+        };
+        assert_eq!(p.batch_size(false).unwrap(), 1);
+        assert_eq!(p.batch_size(true).unwrap(), 6);
+        let p = PoolConfig {
+            max_batch: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(p.batch_size(true).unwrap(), 4);
+        let e = p.batch_size(false).unwrap_err().to_string();
+        assert!(
+            e.contains("pool.max_batch = 4") && e.contains("wgpu"),
+            "{e}"
+        );
+        let p = PoolConfig {
+            max_batch: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(p.batch_size(false).unwrap(), 1);
+        let p = PoolConfig {
+            max_batch: Some(0),
+            ..Default::default()
+        };
+        assert!(p.batch_size(true).is_err());
+        let p: PoolConfig = toml::from_str("max_batch = 8\nmax_batch_wait_ms = 5").unwrap();
+        assert_eq!((p.max_batch, p.max_batch_wait_ms), (Some(8), 5));
+        let p = PoolConfig {
+            max_batch_wait_ms: 5000,
+            ..Default::default()
+        };
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_batch_wait_ms")
         );
     }
 

@@ -12,6 +12,8 @@
 //! - [`pose`], [`face`], [`hands`]: each part's ROIs and output decoding.
 //! - [`tracking`]: ROI tracking between frames, pose smoothing, [`TrackingState`].
 //! - [`pipeline`]: [`Holistic`], the graph that ties the stages together.
+//! - [`batch`]: [`Batched`], several frames' graphs with their net calls
+//!   batched, for a GPU.
 //! - [`result`]: [`HolisticResult`], the wire format.
 //! - [`people`]: more than one person: detection passes beyond MediaPipe's
 //!   one, and which detection is which tracked person.
@@ -22,6 +24,7 @@
 //! `commands`.
 
 pub mod anchors;
+pub mod batch;
 pub mod detection;
 pub mod face;
 pub mod geometry;
@@ -35,6 +38,7 @@ pub mod result;
 pub mod tracking;
 pub mod warp;
 
+pub use batch::Batched;
 pub use holistream_nets::{Backend, Net, NetError, NetRunner};
 pub use image_input::{FrameData, I420Picture, ImageInputError, decode_image};
 pub use pipeline::Holistic;

@@ -490,9 +490,10 @@ mod tests {
             std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../hand_recrop.onnx")).unwrap();
         let g = Graph::parse(&bytes).unwrap();
         assert_eq!(g.inputs.len(), 1);
-        assert_eq!(g.inputs[0].shape, vec![1, 3, 256, 256]);
+        // The batch is free (`N`): read as 0.
+        assert_eq!(g.inputs[0].shape, vec![0, 3, 256, 256]);
         assert_eq!(g.outputs[0].name, "output_crop");
-        assert_eq!(g.outputs[0].shape, vec![1, 4, 1, 1]);
+        assert_eq!(g.outputs[0].shape, vec![0, 4, 1, 1]);
         let convs = g.nodes.iter().filter(|n| n.op_type == "Conv").count();
         assert_eq!(convs, 33);
         let first = &g.nodes.iter().find(|n| n.op_type == "Conv").unwrap();

@@ -16,6 +16,7 @@
 //! Tooling, not the pipeline: it times `model` from the outside and changes
 //! nothing in it.
 
+mod batch;
 mod people;
 mod profile;
 
@@ -621,6 +622,11 @@ pub struct BenchArgs {
     /// (e.g. `1,3,6`), static on group photos and tracking on the pan clip.
     #[arg(long, value_delimiter = ',')]
     pub people: Vec<usize>,
+    /// Also time this many frames at once through one batched pipeline
+    /// (what `pool.max_batch` does on a GPU) against one at a time, for
+    /// each backend of `--nets`; 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
 }
 
 /// Runs `holistream bench`.
@@ -704,6 +710,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.people.is_empty() {
         let holistic = super::load_holistic()?;
         println!("{}", bench_people(&holistic, &args.people, args.iters)?);
+    }
+    if args.batch > 0 {
+        for &backend in &args.nets {
+            let iters = args.iters.clamp(1, 5);
+            println!(
+                "{}",
+                batch::bench_batch(backend, &images, args.batch, iters)?
+            );
+        }
     }
     if args.profile {
         profile::print_profile()?;

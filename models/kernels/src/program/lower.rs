@@ -700,9 +700,11 @@ pub(super) fn lower_graph(graph: &Graph) -> Result<Lowered, LowerError> {
             graph.inputs.len()
         )));
     };
-    let &[1, c, h, w] = &input.shape[..] else {
+    // The batch may be free (0: the converter's `N`); these kernels run one
+    // image at a time.
+    let &[0 | 1, c, h, w] = &input.shape[..] else {
         return Err(LowerError(format!(
-            "input shape {:?}, expected [1, C, H, W]",
+            "input shape {:?}, expected [N, C, H, W] with N free or 1",
             input.shape
         )));
     };
