@@ -14,9 +14,12 @@
 //! - [`pool`]: the [`InferencePool`] handle in front of a ractor factory of
 //!   inference workers: bounded queue with oldest-dropped discards, job TTL,
 //!   and an answer for every job, whatever happens to it.
-//! - [`inference`]: one in-process inference worker = one ractor actor + one
-//!   OS thread that owns a model instance and does the CPU work; panics and
-//!   stalls are detected and the worker replaced.
+//! - [`inference`]: one in-process inference worker = one ractor actor in
+//!   front of a model thread; panics and stalls are detected and the worker
+//!   replaced.
+//! - [`model_thread`]: the OS thread that owns a model instance and does the
+//!   CPU work, for one worker, or for a group of workers whose frames it
+//!   batches on a GPU (`pool.max_batch`).
 //! - [`remote`]: the same pool over Redis Streams: the gateway side
 //!   ([`remote::gateway`]) and the `holistream worker` processes
 //!   ([`remote::consumer`]).
@@ -32,6 +35,7 @@
 
 pub mod inference;
 pub mod job;
+pub mod model_thread;
 pub mod pool;
 pub mod protocol;
 pub mod remote;

@@ -31,10 +31,9 @@ use ractor::factory::{
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 
-use super::inference::{
-    InferenceShared, InferenceWorker, InferenceWorkerBuilder, ModelThreadError, ThreadCensus,
-};
+use super::inference::{InferenceWorker, InferenceWorkerBuilder};
 use super::job::{FrameDone, FrameFailure, FrameJob, FrameKey, PoolJob};
+use super::model_thread::{InferenceShared, ModelThreadError, ThreadCensus};
 use super::remote::gateway::{RemotePool, RemotePoolError};
 use crate::config::{ConfigError, FaultPlan, ModelConfig, PoolConfig, PoolKind};
 use crate::metrics::Metrics;
