@@ -81,8 +81,15 @@ async fn a_served_pool_batches_frames_across_sessions() {
         for (conn, name) in conns.iter_mut().zip(jpegs) {
             send(conn, frame(seq, seq as f64, &jpeg_640x480(name))).await;
         }
-        for conn in conns.iter_mut() {
-            let r = next_answer(conn, Duration::from_secs(300)).await;
+        // Every connection read at once: one left unread misses the
+        // server's pings and is closed.
+        let answers = futures_util::future::join_all(
+            conns
+                .iter_mut()
+                .map(|conn| next_answer(conn, Duration::from_secs(300))),
+        )
+        .await;
+        for r in answers {
             assert_eq!(r["type"], "result", "{r}");
             assert_eq!(r["seq"], seq, "{r}");
             assert_eq!(r["pose"].as_array().map(Vec::len), Some(33), "{r}");
