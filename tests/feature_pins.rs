@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 /// Every package of the workspace's graph (normal, build and dev edges) with
-/// the features it is built with, from `cargo tree` (offline: the registry
-/// cache a build leaves).
+/// the features it is built with, from `cargo tree` (which downloads the
+/// GPU crates' manifests on a machine that has not built them yet).
 fn features(extra: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
@@ -17,7 +17,6 @@ fn features(extra: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
         .args([
             "tree",
             "--locked",
-            "--offline",
             "--workspace",
             "-e",
             "normal,build,dev",
